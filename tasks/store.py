@@ -1,0 +1,131 @@
+"""The object store every stage reads and writes: a local directory or any fsspec URL (s3://…).
+
+Writes are atomic: on a local filesystem a file is written under a temporary name and renamed; on an
+object store each object is one PUT, which is atomic by itself. Readers therefore never see half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+PARQUET_COMPRESSION = "zstd"
+
+
+class Store:
+    """A root URL plus an fsspec filesystem; every path given to it is relative to the root."""
+
+    def __init__(self, url: str, *, s3_endpoint_url: str | None = None, storage_options: dict[str, Any] | None = None):
+        options = dict(storage_options or {})
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        if protocol in ("s3", "s3a"):
+            if s3_endpoint_url:
+                options.setdefault("client_kwargs", {}).setdefault("endpoint_url", s3_endpoint_url)
+            # s3fs otherwise answers exists/ls from listings cached earlier in the process, which go
+            # stale as soon as another worker (or another Store on the same bucket) writes: a resumed
+            # stage would then miss finished shards or see deleted ones.
+            options.setdefault("use_listings_cache", False)
+        self.url = url
+        self.protocol = protocol
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Store":
+        return cls(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # --- paths -------------------------------------------------------------------------------
+    def full(self, rel: str) -> str:
+        return f"{self.root}/{rel.lstrip('/')}" if rel else self.root
+
+    def uri(self, rel: str = "") -> str:
+        """A user-facing location (what to print): s3://bucket/key or an absolute local path."""
+        path = self.full(rel)
+        return path if self.is_local else f"{self.protocol}://{path}"
+
+    # --- bytes -------------------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        path = self.full(rel)
+        if self.is_local:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                # A failed write must not leave its temporary file behind (the old content stays).
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+                raise
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.full(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.full(rel))
+
+    def delete(self, rel: str, recursive: bool = False) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.full(rel), recursive=recursive)
+
+    def list(self, rel: str) -> list[str]:
+        """Relative paths of the files directly under `rel` (empty when it does not exist)."""
+        path = self.full(rel)
+        self.fs.invalidate_cache(path)  # before exists(): a cached listing may predate our writes
+        if not self.fs.exists(path):
+            return []
+        prefix = f"{rel.strip('/')}/" if rel.strip("/") else ""
+        out = []
+        for entry in self.fs.ls(path, detail=True):
+            if entry["type"] != "file":
+                continue
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".") and name.endswith(".tmp"):
+                continue
+            out.append(f"{prefix}{name}")
+        return sorted(out)
+
+    # --- JSON --------------------------------------------------------------------------------
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str) -> Any:
+        return json.loads(self.read_bytes(rel))
+
+    # --- Parquet -----------------------------------------------------------------------------
+    def write_parquet(self, rel: str, table: pa.Table) -> int:
+        """Write one Parquet object (zstd) atomically; returns its size in bytes."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression=PARQUET_COMPRESSION)
+        data = buf.getvalue()
+        self.write_bytes(rel, data)
+        return len(data)
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(self.full(rel), "rb") as fh:
+            return pq.read_table(fh, columns=columns)
+
+    def iter_parquet(self, rels: list[str], columns: list[str] | None = None) -> Iterator[pa.Table]:
+        for rel in rels:
+            yield self.read_parquet(rel, columns=columns)
