@@ -1,0 +1,359 @@
+"""The stage contract: how every stage records its output so that a killed build resumes cleanly.
+
+Layout under the store, for one stage of one run::
+
+    runs/<run_id>/<stage>/<kind>/<shard_id>.parquet   one Parquet object (zstd) per output kind
+    runs/<run_id>/<stage>/_done/<shard_id>.json       the shard's entry, written after its Parquet
+    runs/<run_id>/<stage>/manifest.json               written last, by finalize(), from the entries
+
+Every object is written atomically (see Store), so the order of writes is the commit protocol: a
+shard counts as done only once its entry exists, and the stage only once its manifest exists. Both
+carry the hash of the stage's parameters, so output made with other parameters never counts.
+Every shard's counts must reconcile: rows_in = rows_out + filtered + quarantined.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePath
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from personahub.tasks.store import Store
+
+MANIFEST = "manifest.json"
+DONE_DIR = "_done"
+# Shard ids and kinds become object names: keep them to one safe path segment. A leading "." is
+# refused because Store.list hides dot-files (its temporary names).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Kinds are folder names beside manifest.json and _done/: no dots or leading "_" keeps them apart.
+_KIND = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class CheckpointError(RuntimeError):
+    """A stage's output breaks the contract (counts that do not add up, shards missing)."""
+
+
+class CountsMismatch(CheckpointError, ValueError):
+    """A stage reported counts that do not reconcile: rows would be lost or invented silently."""
+
+
+class StageIncomplete(CheckpointError):
+    """A stage is finalized or read before all of its shards are done."""
+
+
+# --- parameters --------------------------------------------------------------------------------
+def _canonical(value: Any) -> Any:
+    """Plain JSON values with a stable order, so equal parameters always hash equally."""
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump(mode="json"))
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        # Set order depends on the process's hash seed: sort by the items' JSON text.
+        items = [_canonical(v) for v in value]
+        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    # datetimes, dataclasses, Decimals…; raises on objects without a JSON form rather than
+    # hashing a repr() that may hold a memory address.
+    return _canonical(to_jsonable_python(value))
+
+
+def canonical_params(params: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
+    """The parameters as recorded in the manifest (plain JSON)."""
+    out = _canonical(params)
+    if not isinstance(out, dict):
+        raise TypeError(f"stage parameters must be a mapping or pydantic model, not {type(params).__name__}")
+    return out
+
+
+def params_hash(params: Mapping[str, Any] | BaseModel) -> str:
+    """sha256 of the canonical JSON of the parameters (sorted keys), first 16 hex characters."""
+    text = json.dumps(canonical_params(params), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- records -----------------------------------------------------------------------------------
+@dataclass
+class ShardCounts:
+    """What one shard did with its input rows; every input row ends up in exactly one bucket."""
+
+    rows_in: int
+    rows_out: int
+    filtered: int = 0
+    quarantined: int = 0
+
+    def check(self, what: str = "counts") -> None:
+        values = asdict(self)
+        negative = {k: v for k, v in values.items() if v < 0}
+        if negative:
+            raise CountsMismatch(f"{what}: negative counts {negative}")
+        accounted = self.rows_out + self.filtered + self.quarantined
+        if self.rows_in != accounted:
+            raise CountsMismatch(
+                f"{what} do not reconcile: rows_in={self.rows_in} but rows_out + filtered + quarantined = "
+                f"{self.rows_out} + {self.filtered} + {self.quarantined} = {accounted}"
+            )
+
+    def __add__(self, other: ShardCounts) -> ShardCounts:
+        return ShardCounts(
+            rows_in=self.rows_in + other.rows_in,
+            rows_out=self.rows_out + other.rows_out,
+            filtered=self.filtered + other.filtered,
+            quarantined=self.quarantined + other.quarantined,
+        )
+
+
+@dataclass
+class ShardEntry:
+    """The durable record that a shard is finished: its files (kind -> store path) and counts."""
+
+    shard_id: str
+    files: dict[str, str]
+    rows: dict[str, int]
+    counts: ShardCounts
+    params_hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    finished_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ShardEntry:
+        data = dict(obj)
+        data["counts"] = ShardCounts(**data["counts"])
+        return cls(**data)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _check_name(value: str, what: str, pattern: re.Pattern[str] = _NAME) -> None:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ValueError(f"{what} {value!r} must match {pattern.pattern} (it becomes an object name)")
+
+
+def _sum_numbers(dicts: Iterable[Mapping[str, Any]]) -> dict[str, int | float]:
+    """Totals of the numeric top-level values of the shards' extras (e.g. token usage)."""
+    out: dict[str, int | float] = {}
+    for extra in dicts:
+        for key, value in extra.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = out.get(key, 0) + value
+    return out
+
+
+# --- the checkpoint ----------------------------------------------------------------------------
+class StageCheckpoint:
+    """Checkpoint of one stage of one run, bound to the stage's parameters."""
+
+    def __init__(self, store: Store, run_id: str, stage: str, params: Mapping[str, Any] | BaseModel):
+        _check_name(run_id, "run_id")
+        _check_name(stage, "stage")
+        self.store = store
+        self.run_id = run_id
+        self.stage = stage
+        self.params = canonical_params(params)
+        self.params_hash = params_hash(self.params)
+        self._manifest_cleared = False
+
+    def __repr__(self) -> str:
+        return f"StageCheckpoint({self.store.uri(self.prefix)!r}, params_hash={self.params_hash!r})"
+
+    # --- paths -----------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}/{self.stage}"
+
+    @property
+    def manifest_path(self) -> str:
+        return f"{self.prefix}/{MANIFEST}"
+
+    def shard_path(self, shard_id: str, kind: str = "data") -> str:
+        return f"{self.prefix}/{kind}/{shard_id}.parquet"
+
+    def entry_path(self, shard_id: str) -> str:
+        return f"{self.prefix}/{DONE_DIR}/{shard_id}.json"
+
+    # --- reading state -----------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any] | None:
+        """The stage's manifest as written, whatever parameters it was made with; None if absent."""
+        if not self.store.exists(self.manifest_path):
+            return None
+        return self.store.read_json(self.manifest_path)
+
+    def is_complete(self) -> bool:
+        """True when the stage was finalized with these parameters: the caller skips it."""
+        manifest = self.manifest()
+        return manifest is not None and manifest.get("params_hash") == self.params_hash
+
+    def done_shards(self) -> dict[str, ShardEntry]:
+        """Finished shards made with these parameters, by shard id (sorted)."""
+        paths = [p for p in self.store.list(f"{self.prefix}/{DONE_DIR}") if p.endswith(".json")]
+        if not paths:
+            return {}
+        # One batched read: s3fs fetches the entries concurrently instead of one GET at a time.
+        blobs = self.store.fs.cat([self.store.full(p) for p in paths])
+        done: dict[str, ShardEntry] = {}
+        for blob in blobs.values():
+            entry = ShardEntry.from_json(json.loads(blob))
+            if entry.params_hash == self.params_hash:
+                done[entry.shard_id] = entry
+        return dict(sorted(done.items()))
+
+    def is_shard_done(self, shard_id: str) -> bool:
+        """One shard's entry exists with these parameters (cheaper than done_shards for one id)."""
+        _check_name(shard_id, "shard_id")
+        path = self.entry_path(shard_id)
+        if not self.store.exists(path):
+            return False
+        return self.store.read_json(path).get("params_hash") == self.params_hash
+
+    # --- writing -----------------------------------------------------------------------------
+    def write_shard(
+        self,
+        shard_id: str,
+        tables: Mapping[str, pa.Table],
+        counts: ShardCounts,
+        extra: Mapping[str, Any] | None = None,
+    ) -> ShardEntry:
+        """Write a shard's tables (one Parquet object per kind), then its entry, which commits it.
+
+        If the tables include "data" its rows must equal counts.rows_out, and "quarantine" its rows
+        must equal counts.quarantined, so what a stage reports is what it wrote. No tables at all is
+        allowed: a shard whose rows were all filtered out is still done.
+        """
+        _check_name(shard_id, "shard_id")
+        self._check_tables(shard_id, tables, counts)
+        self._invalidate_previous(shard_id)
+        files: dict[str, str] = {}
+        rows: dict[str, int] = {}
+        for kind, table in sorted(tables.items()):
+            files[kind] = self.shard_path(shard_id, kind)
+            rows[kind] = table.num_rows
+            self.store.write_parquet(files[kind], table)
+        entry = ShardEntry(
+            shard_id=shard_id,
+            files=files,
+            rows=rows,
+            counts=counts,
+            params_hash=self.params_hash,
+            extra=dict(extra or {}),
+            finished_at=_now(),
+        )
+        self.store.write_json(self.entry_path(shard_id), entry.to_json())  # last: the commit point
+        return entry
+
+    def _check_tables(self, shard_id: str, tables: Mapping[str, pa.Table], counts: ShardCounts) -> None:
+        for kind in tables:
+            _check_name(kind, "table kind", _KIND)
+        counts.check(f"shard {shard_id} counts")
+        expected = {"data": counts.rows_out, "quarantine": counts.quarantined}
+        for kind, want in expected.items():
+            if kind in tables and tables[kind].num_rows != want:
+                got = tables[kind].num_rows
+                raise CountsMismatch(f"shard {shard_id}: the {kind!r} table has {got} rows but counts say {want}")
+
+    def _invalidate_previous(self, shard_id: str) -> None:
+        """Before overwriting a shard, drop what vouches for its old files.
+
+        Otherwise an entry (or manifest) made with other parameters would, on a later run with
+        those parameters, certify Parquet files that now hold this run's output.
+        """
+        if not self._manifest_cleared:
+            self.store.delete(self.manifest_path)
+            self._manifest_cleared = True
+        self.store.delete(self.entry_path(shard_id))
+
+    def finalize(
+        self,
+        expected_shards: Iterable[str] | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write the manifest from the done shards; it is the last object the stage writes.
+
+        With expected_shards, every one of them must be done (StageIncomplete otherwise) and only
+        they are listed; without, every shard done with these parameters is listed.
+        """
+        done = self.done_shards()
+        if expected_shards is not None:
+            wanted = sorted(set(expected_shards))
+            missing = [s for s in wanted if s not in done]
+            if missing:
+                shown = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+                raise StageIncomplete(
+                    f"{self.stage}: {len(missing)} of {len(wanted)} expected shards are not done: {shown}"
+                )
+            done = {s: done[s] for s in wanted}
+        totals = ShardCounts(0, 0)
+        for entry in done.values():
+            entry.counts.check(f"shard {entry.shard_id} counts")
+            totals = totals + entry.counts
+        totals.check(f"{self.stage} totals")
+        manifest = self._manifest(done, totals, summary)
+        self.store.write_json(self.manifest_path, manifest)
+        return manifest
+
+    def _manifest(
+        self, done: Mapping[str, ShardEntry], totals: ShardCounts, summary: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        rows: dict[str, int] = {}
+        for entry in done.values():
+            for kind, n in entry.rows.items():
+                rows[kind] = rows.get(kind, 0) + n
+        shards = [
+            {"id": e.shard_id, "files": e.files, "rows": e.rows, "counts": asdict(e.counts), "extra": e.extra}
+            for e in done.values()
+        ]
+        extra_totals = _sum_numbers(e.extra for e in done.values())
+        return {
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "params": self.params,
+            "params_hash": self.params_hash,
+            "shards": shards,
+            "totals": {**asdict(totals), "shards": len(done), "rows": rows, "extra": extra_totals},
+            "summary": dict(summary or {}),
+            "created_at": _now(),
+        }
+
+    # --- downstream ----------------------------------------------------------------------------
+    def files(self, kind: str = "data") -> list[str]:
+        """Store paths of this stage's `kind` files in shard order; the stage must be complete."""
+        manifest = self.manifest()
+        if manifest is None or manifest.get("params_hash") != self.params_hash:
+            raise StageIncomplete(
+                f"{self.stage} has no manifest for params_hash {self.params_hash} at {self.store.uri(self.prefix)}"
+            )
+        return manifest_files(manifest, kind)
+
+
+def manifest_files(manifest: Mapping[str, Any], kind: str = "data") -> list[str]:
+    """Store paths of one kind listed in a manifest, in shard order (shards without it are skipped)."""
+    return [shard["files"][kind] for shard in manifest["shards"] if kind in shard["files"]]
+
+
+def read_stage_manifest(store: Store, run_id: str, stage: str) -> dict[str, Any]:
+    """A finished stage's manifest, for a downstream stage that does not know its parameters."""
+    path = f"runs/{run_id}/{stage}/{MANIFEST}"
+    if not store.exists(path):
+        raise StageIncomplete(f"stage {stage} of run {run_id} has no manifest at {store.uri(path)}")
+    return store.read_json(path)
