@@ -1,0 +1,751 @@
+"""The one gateway every LLM call in personahub goes through.
+
+It owns, in one place, what each stage would otherwise get subtly wrong:
+
+* bounded concurrency (an asyncio.Semaphore per event loop),
+* retries with jittered exponential backoff on 429 (honouring Retry-After), 5xx, timeouts and
+  connection errors; every other error is final and reported in the result, never raised,
+* a content-addressed response cache under the store (model + messages + params + template
+  version + schema → raw response), so a rerun never pays for the same call twice,
+* token accounting (`Usage`) so each stage can report what it spent,
+* JSON-schema structured output where the endpoint supports it, lenient JSON parsing otherwise.
+
+Secrets: the API key never goes into logs, cache files or error strings; errors carry only the
+HTTP status and the endpoint (base URL without credentials or query).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import copy
+import email.utils
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+import weakref
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from openai import AsyncOpenAI
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from personahub.tasks.store import Store
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+# Local servers (llama-server, vLLM without --api-key) ignore the key but the SDK insists on one.
+PLACEHOLDER_API_KEY = "not-needed"
+# A server may ask for a long pause; honour it, but never sleep for more than this per retry.
+MAX_RETRY_AFTER_S = 120.0
+
+# Keyword arguments chat.completions.create() accepts; any other param goes in the request body as is
+# (llama-server's top_k, min_p, repeat_penalty, ...).
+_SDK_PARAMS = frozenset(
+    {
+        "temperature", "max_tokens", "max_completion_tokens", "top_p", "seed", "stop", "n",
+        "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
+    }
+)
+
+
+# --- requests, results, usage -------------------------------------------------------------------
+
+
+def _normalise_messages(messages: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    for message in messages:
+        if isinstance(message, Mapping):
+            role, content = message["role"], message["content"]
+        else:
+            role, content = message
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise TypeError("each message needs a str role and a str content")
+        out.append((role, content))
+    if not out:
+        raise ValueError("a chat request needs at least one message")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion. `messages` may be given as [{"role", "content"}, ...] (what
+    PromptTemplate.render returns) or as (role, content) pairs; it is stored as a tuple of pairs."""
+
+    messages: tuple[tuple[str, str], ...]
+    template: str  # "<template name>@<template version>": part of the cache key
+    params: Mapping[str, Any] = field(default_factory=dict)  # temperature, max_tokens, top_p, seed, ...
+    json_schema: Mapping[str, Any] | None = None  # desired output shape; None = free text
+    schema_name: str = "output"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", _normalise_messages(self.messages))
+        object.__setattr__(self, "params", dict(self.params or {}))
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+
+@dataclass
+class ChatResult:
+    key: str  # cache key (sha256 hex)
+    text: str | None  # raw completion text; None when the call failed
+    data: Any | None  # parsed JSON when json_schema was given and parsing succeeded
+    parse_error: str | None  # why lenient parsing failed (text is kept)
+    error: str | None  # final failure after retries, e.g. "HTTP 400 from http://host/v1: ..."
+    model: str
+    finish_reason: str | None
+    prompt_tokens: int  # for a cache hit: what the original call cost
+    completion_tokens: int
+    cached: bool
+
+    @property
+    def ok(self) -> bool:
+        """The call produced text (and, when a schema was asked for, that text parsed)."""
+        return self.error is None and self.text is not None and self.parse_error is None
+
+
+@dataclass
+class Usage:
+    """What a gateway (or a stage) spent. `calls`: requests sent to the endpoint (a request's
+    retries count once here, and each in `retries`); `cache_hits`: requests answered without a
+    call (from the cache, or by an identical request in flight at the same time); `failures`:
+    results that carry an error. Tokens are those of new calls only: what this run paid for."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: "Usage") -> "Usage":
+        """Add `other` into self (in place) and return self."""
+        for name in _USAGE_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return self.copy().add(other)
+
+    def __sub__(self, other: "Usage") -> "Usage":
+        """What was spent since `other` (a copy taken earlier): a stage's share of a shared gateway."""
+        return Usage(**{name: getattr(self, name) - getattr(other, name) for name in _USAGE_FIELDS})
+
+    def copy(self) -> "Usage":
+        return Usage(**asdict(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+    @classmethod
+    def merge(cls, usages: Sequence["Usage"]) -> "Usage":
+        total = cls()
+        for usage in usages:
+            total.add(usage)
+        return total
+
+
+_USAGE_FIELDS = ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens")
+
+
+class LLMError(RuntimeError):
+    """A failure the gateway could not turn into a result (e.g. no model name); secret-free."""
+
+
+# --- cache keys ---------------------------------------------------------------------------------
+
+
+def cache_key(model: str, req: ChatRequest) -> str:
+    """sha256 of the canonical JSON of everything that determines the response. The model is part
+    of it because the embedded and a remote endpoint answer the same prompt differently."""
+    payload = {
+        "model": model,
+        "messages": [list(m) for m in req.messages],
+        "params": dict(req.params),
+        "template": req.template,
+        "json_schema": req.json_schema,
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# --- lenient JSON parsing -----------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*[A-Za-z0-9_-]*[ \t]*\r?\n?(.*?)(?:```|$)", re.DOTALL)
+_CLOSERS = {"{": "}", "[": "]"}
+_MAX_CANDIDATES = 25
+
+
+def _balanced_block(text: str, start: int) -> str | None:
+    """The bracket block opening at text[start], matched with a stack and aware of "..." and '...'
+    strings and backslash escapes; None when the text ends first (truncated output)."""
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for i in range(start, len(text)):
+        ch = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            # An apostrophe inside a bare word ("don't") is not a quote in single-quoted Python dicts.
+            if ch == "'" and i > 0 and text[i - 1].isalnum():
+                continue
+            quote = ch
+        elif ch in _CLOSERS:
+            stack.append(_CLOSERS[ch])
+        elif ch in "}]":
+            if not stack or ch != stack.pop():
+                return None
+            if not stack:
+                return text[start : i + 1]
+    return None
+
+
+def _outside_strings(text: str, fn) -> str:
+    """Apply fn to the parts of text outside "..." and '...' strings (for the repairs below)."""
+    parts = re.split(r'("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\')', text)
+    return "".join(part if i % 2 else fn(part) for i, part in enumerate(parts))
+
+
+def _parse_block(block: str) -> Any:
+    try:
+        return json.loads(block)
+    except json.JSONDecodeError as exc:
+        first_error = exc
+    # Trailing commas: the most common small-model slip.
+    repaired = _outside_strings(block, lambda s: re.sub(r",(\s*[}\]])", r"\1", s))
+    try:
+        return json.loads(repaired)
+    except json.JSONDecodeError:
+        pass
+    # Single quotes / Python literals: read it as a Python literal with JSON's words translated.
+    pythonic = _outside_strings(
+        block, lambda s: re.sub(r"\b(true|false|null)\b", lambda m: {"true": "True", "false": "False", "null": "None"}[m.group(1)], s)
+    )
+    try:
+        value = ast.literal_eval(pythonic)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError(f"not valid JSON ({first_error.msg} at line {first_error.lineno} column {first_error.colno})") from None
+    if not isinstance(value, (dict, list)):
+        raise ValueError("not a JSON object or array")
+    # Round-trip to plain JSON types (tuples → lists, non-str keys → str).
+    return json.loads(json.dumps(value, default=str))
+
+
+def parse_json_lenient(text: str) -> Any:
+    """The JSON object or array in a model's answer, tolerating what small models add: ``` fences,
+    prose before or after, single quotes, trailing commas, Python True/False/None. Raises ValueError
+    with a short reason when there is none."""
+    if text is None or not text.strip():
+        raise ValueError("empty response")
+    stripped = text.strip()
+    try:
+        value = json.loads(stripped)
+        if isinstance(value, (dict, list)):
+            return value
+    except (ValueError, RecursionError):
+        pass
+    fence = _FENCE.search(stripped)
+    candidates_text = [fence.group(1)] if fence and fence.group(1).strip() else []
+    candidates_text.append(stripped)
+    first_error: str | None = None
+    truncated = False
+    for body in candidates_text:
+        tried = 0
+        for match in re.finditer(r"[{\[]", body):
+            if tried >= _MAX_CANDIDATES:
+                break
+            tried += 1
+            block = _balanced_block(body, match.start())
+            if block is None:
+                truncated = True
+                continue
+            try:
+                return _parse_block(block)
+            except ValueError as exc:
+                first_error = first_error or str(exc)
+            except RecursionError:
+                first_error = first_error or "JSON nested too deeply"
+    if first_error:
+        raise ValueError(first_error)
+    if truncated:
+        raise ValueError("no complete JSON object or array (output truncated?)")
+    raise ValueError("no JSON object or array in the response")
+
+
+# --- errors and secrets -------------------------------------------------------------------------
+
+
+def _redact_url(url: str) -> str:
+    """The endpoint as shown in errors and logs: no user:password@, no query string."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    except ValueError:
+        return "<endpoint>"
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)bearer\s+\S+"),
+    re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),  # OpenAI-style keys, also partly masked ones
+)
+
+
+def _retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, retry-after seconds or HTTP date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, openai.RateLimitError):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code in (408, 409)
+    return False
+
+
+_backoff = wait_random_exponential(multiplier=0.5, max=30)
+
+
+def _wait(state: RetryCallState) -> float:
+    """Jittered exponential backoff, but never less than what Retry-After asks for."""
+    delay = _backoff(state)
+    if state.outcome is not None and state.outcome.failed:
+        asked = _retry_after_s(state.outcome.exception())
+        if asked is not None:
+            delay = max(delay, min(asked, MAX_RETRY_AFTER_S))
+    return delay
+
+
+def _status_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+        return json.dumps(body, default=str)[:500]
+    if isinstance(body, str) and body:
+        return body[:500]
+    try:
+        return exc.response.text[:500] or exc.message
+    except Exception:  # noqa: BLE001 - the body may be unreadable; the status still says enough
+        return exc.message
+
+
+def _is_schema_rejection(exc: BaseException) -> bool:
+    """A 400/422 about response_format, the schema or the grammar made from it: the endpoint does
+    not do (this) JSON-schema output. Falling back is safe: the prompt asks for JSON anyway."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code not in (400, 422):
+        return False
+    text = _status_message(exc).lower()
+    return any(word in text for word in ("response_format", "response format", "json_schema", "schema", "grammar"))
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+@dataclass
+class _LoopState:
+    """What must belong to one event loop: the HTTP client's connections and the semaphore.
+    (It must not refer to its loop: it is the value of a weak mapping keyed by that loop.)"""
+
+    client: AsyncOpenAI
+    closer: Any  # the _close_with_loop generator that closes `client` when the loop shuts down
+    semaphore: asyncio.Semaphore
+    model_lock: asyncio.Lock
+    # Requests being answered now, by cache key: an identical request waits for that answer
+    # instead of paying for it a second time in the same batch.
+    inflight: dict[str, asyncio.Future] = field(default_factory=dict)
+
+
+async def _close_with_loop(client: AsyncOpenAI):
+    """Closes `client` when its event loop shuts down: asyncio.run() finalises the async generators
+    still open (shutdown_asyncgens) before it closes the loop, which runs this `finally` there.
+    Without it each asyncio.run would leave its keep-alive sockets open."""
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+class LLMGateway:
+    """Chat completions against one OpenAI-compatible endpoint, with caching, retries and accounting.
+
+    Safe to use from several `asyncio.run` calls, in turn or in threads at once (Prefect tasks do
+    both): the HTTP client and the semaphore are per event loop, so `max_concurrency` bounds the
+    requests in flight per loop (per worker thread); the usage counters are shared and locked."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str | None,
+        store: Store | None,
+        api_key: str | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_retries: int = 6,
+        structured_output: bool = True,
+        cache_prefix: str = "cache/llm",
+    ):
+        if not base_url:
+            raise ValueError("LLMGateway needs a base_url (…/v1)")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = _redact_url(self.base_url)
+        self.model = model or None
+        self.store = store
+        self.max_concurrency = int(max_concurrency)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.structured_output = bool(structured_output)
+        self.cache_prefix = cache_prefix.strip("/")
+        self.usage = Usage()
+        # Kept private and out of repr(); only the SDK client sees it (as the Authorization header).
+        self.__api_key = api_key or PLACEHOLDER_API_KEY
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._states_lock = threading.Lock()
+        self._usage_lock = threading.Lock()
+        self._resolved_model: str | None = self.model
+        # Set when the endpoint rejects response_format json_schema; later requests skip it.
+        self._schema_unsupported = False
+
+    @classmethod
+    def from_settings(cls, settings: Any, store: Store | None, base_url: str | None = None) -> "LLMGateway":
+        """A gateway configured from Settings; `base_url` (the embedded server's) overrides
+        settings.llm_base_url."""
+        url = base_url or settings.llm_base_url
+        if not url:
+            raise ValueError("no LLM endpoint: set llm_base_url or start the embedded server and pass its base_url")
+        return cls(
+            base_url=url,
+            model=settings.llm_model,
+            store=store,
+            api_key=settings.resolved_api_key(),
+            max_concurrency=settings.llm_max_concurrency,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            structured_output=settings.llm_structured_output,
+        )
+
+    def __repr__(self) -> str:
+        return f"LLMGateway(endpoint={self.endpoint!r}, model={self.model!r}, store={self.store!r})"
+
+    # --- per-loop state -------------------------------------------------------------------------
+    async def _loop_state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        with self._states_lock:
+            state = self._states.get(loop)
+            if state is not None:
+                return state
+            # A client's connections belong to the loop that opened them. Entries of closed loops
+            # are dropped here (their open sockets would otherwise keep the loop, and so the
+            # entry, alive).
+            for old in [old for old in self._states.keys() if old.is_closed()]:
+                del self._states[old]
+            client = AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=self.__api_key,
+                timeout=self.timeout_s,
+                max_retries=0,  # we own retries (tenacity below), so they are counted and jittered
+            )
+            closer = _close_with_loop(client)
+            state = _LoopState(client, closer, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
+            self._states[loop] = state
+        await closer.__anext__()  # registers it with the loop's async-generator finaliser
+        return state
+
+    def _count(self, **deltas: int) -> None:
+        with self._usage_lock:
+            for name, delta in deltas.items():
+                setattr(self.usage, name, getattr(self.usage, name) + delta)
+
+    async def aclose(self) -> None:
+        """Close this loop's HTTP client (clients of other, finished loops are simply dropped)."""
+        with self._states_lock:
+            state = self._states.pop(asyncio.get_running_loop(), None)
+        if state is not None:
+            await state.closer.aclose()  # runs its finally: closes the client
+
+    async def __aenter__(self) -> "LLMGateway":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        """Remove anything key-like from text that may reach a log, a result or an exception."""
+        key = self.__api_key
+        if key and key != PLACEHOLDER_API_KEY:
+            text = text.replace(key, "***")
+        for pattern in _SECRET_PATTERNS:
+            text = pattern.sub("***", text)
+        return text
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, openai.APIStatusError):
+            message = f"HTTP {exc.status_code} from {self.endpoint}: {_status_message(exc)}"
+        elif isinstance(exc, (openai.APITimeoutError, TimeoutError)):
+            message = f"timeout after {self.timeout_s:g}s from {self.endpoint}"
+        elif isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            message = f"connection error to {self.endpoint}: {type(cause).__name__}: {cause}"
+        else:
+            message = f"{type(exc).__name__} calling {self.endpoint}: {exc}"
+        return self._scrub(message)[:1000]
+
+    def _retrying(self) -> AsyncRetrying:
+        def before_sleep(state: RetryCallState) -> None:
+            self._count(retries=1)
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "LLM call failed (%s); retry %d/%d in %.1fs",
+                self._describe(exc) if exc else "?",
+                state.attempt_number,
+                self.max_retries,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        return AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=_wait,
+            stop=stop_after_attempt(self.max_retries + 1),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+
+    def _cache_path(self, key: str) -> str:
+        return f"{self.cache_prefix}/{key[:2]}/{key}.json"
+
+    async def _cache_read(self, key: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        path = self._cache_path(key)
+        try:
+            # Store I/O is blocking (s3fs, fsync): keep it off the event loop.
+            entry = await asyncio.to_thread(self.store.read_json, path)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # noqa: BLE001 - an unreadable entry is a miss, not a failure
+            log.warning("ignoring unreadable LLM cache entry %s: %s", path, type(exc).__name__)
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or not isinstance(entry.get("text"), str):
+            return None
+        return entry
+
+    async def _cache_write(self, key: str, entry: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.write_json, self._cache_path(key), entry)
+        except Exception as exc:  # noqa: BLE001 - the answer is still good; the next run pays again
+            log.warning("could not write LLM cache entry %s: %s", self._cache_path(key), self._scrub(str(exc)))
+
+    # --- public API -----------------------------------------------------------------------------
+    async def model_name(self) -> str:
+        """The configured model, else the endpoint's first model (asked once)."""
+        if self._resolved_model:
+            return self._resolved_model
+        state = await self._loop_state()
+        async with state.model_lock:
+            if self._resolved_model:
+                return self._resolved_model
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        page = await state.client.models.list()
+            except Exception as exc:  # noqa: BLE001
+                raise LLMError(f"could not list models: {self._describe(exc)}") from None
+            ids = [m.id for m in page.data if getattr(m, "id", None)]
+            if not ids:
+                raise LLMError(f"{self.endpoint} lists no models; set llm_model")
+            self._resolved_model = ids[0]
+            return self._resolved_model
+
+    async def chat(self, req: ChatRequest) -> ChatResult:
+        """One chat completion: from the cache when this exact call was answered before, else from
+        the endpoint. Never raises for an API failure: the result carries `error`."""
+        state = await self._loop_state()
+        try:
+            model = await self.model_name()
+        except LLMError as exc:
+            self._count(failures=1)
+            return ChatResult("", None, None, None, str(exc), self.model or "", None, 0, 0, False)
+        key = cache_key(model, req)
+
+        entry = await self._cache_read(key)
+        if entry is not None:
+            self._count(cache_hits=1)
+            return self._result(req, key, model, entry, cached=True)
+
+        pending = state.inflight.get(key)
+        if pending is not None:
+            try:
+                shared: ChatResult = await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # we were cancelled ourselves
+                # The request we waited for was cancelled: make the call ourselves below.
+            else:
+                self._count(cache_hits=1, failures=int(shared.error is not None))
+                return replace(shared, data=copy.deepcopy(shared.data), cached=shared.error is None)
+
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        state.inflight[key] = future
+        try:
+            result = await self._call(state, model, key, req)
+        except BaseException:
+            future.cancel()
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            if state.inflight.get(key) is future:
+                del state.inflight[key]
+
+    async def _call(self, state: _LoopState, model: str, key: str, req: ChatRequest) -> ChatResult:
+        """Ask the endpoint (bounded by the semaphore, with retries) and cache the raw answer."""
+        async with state.semaphore:
+            self._count(calls=1)
+            try:
+                completion = await self._complete(state.client, model, req)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failing request must not sink a batch
+                self._count(failures=1)
+                error = self._describe(exc)
+                log.warning("LLM call for %s failed: %s", req.template, error)
+                return ChatResult(key, None, None, None, error, model, None, 0, 0, False)
+
+        choice = completion.choices[0] if completion.choices else None
+        text = choice.message.content if choice is not None and choice.message is not None else None
+        usage = completion.usage
+        entry = {
+            "format": CACHE_FORMAT,
+            "model": model,
+            "template": req.template,
+            "text": text,
+            "finish_reason": choice.finish_reason if choice is not None else None,
+            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._count(prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"])
+        if text is None:
+            self._count(failures=1)
+            return ChatResult(
+                key, None, None, None, f"empty completion from {self.endpoint}", model,
+                entry["finish_reason"], entry["prompt_tokens"], entry["completion_tokens"], False,
+            )
+        # Raw text is cached even when it does not parse: the call was paid for, and parsing is
+        # redone on every read, so a better parser needs no new calls.
+        await self._cache_write(key, entry)
+        return self._result(req, key, model, entry, cached=False)
+
+    async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Results in the order of `reqs`; at most max_concurrency in flight; a failure is a result."""
+        return list(await asyncio.gather(*(self.chat(req) for req in reqs)))
+
+    # --- internals ------------------------------------------------------------------------------
+    async def _complete(self, client: AsyncOpenAI, model: str, req: ChatRequest) -> Any:
+        kwargs: dict[str, Any] = {}
+        extra_body: dict[str, Any] = {}
+        for name, value in req.params.items():
+            (kwargs if name in _SDK_PARAMS else extra_body)[name] = value
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        use_schema = req.json_schema is not None and self.structured_output and not self._schema_unsupported
+        if use_schema:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": req.schema_name, "schema": dict(req.json_schema), "strict": False},
+            }
+        messages = req.message_dicts()
+        try:
+            return await self._create_with_retries(client, model, messages, kwargs)
+        except openai.APIStatusError as exc:
+            if not (use_schema and _is_schema_rejection(exc)):
+                raise
+            # The caller's prompt already asks for JSON, so the lenient parser can take over.
+            self._schema_unsupported = True
+            log.info("%s does not support json_schema output; parsing JSON from text instead", self.endpoint)
+            kwargs.pop("response_format", None)
+            return await self._create_with_retries(client, model, messages, kwargs)
+
+    async def _create_with_retries(self, client: AsyncOpenAI, model: str, messages: list, kwargs: dict) -> Any:
+        async for attempt in self._retrying():
+            with attempt:
+                # The SDK's timeout bounds each connect/read; this bounds the whole attempt, so a
+                # server trickling bytes cannot hold a slot forever.
+                async with asyncio.timeout(2 * self.timeout_s + 5):
+                    return await client.chat.completions.create(model=model, messages=messages, **kwargs)
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _result(self, req: ChatRequest, key: str, model: str, entry: Mapping[str, Any], *, cached: bool) -> ChatResult:
+        text = entry["text"]
+        data = parse_error = None
+        if req.json_schema is not None:
+            try:
+                data = parse_json_lenient(text)
+            except ValueError as exc:
+                parse_error = str(exc)
+        return ChatResult(
+            key=key,
+            text=text,
+            data=data,
+            parse_error=parse_error,
+            error=None,
+            model=model,
+            finish_reason=entry.get("finish_reason"),
+            prompt_tokens=int(entry.get("prompt_tokens") or 0),
+            completion_tokens=int(entry.get("completion_tokens") or 0),
+            cached=cached,
+        )
