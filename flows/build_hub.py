@@ -187,7 +187,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         "dedup_exact_partition", ctx.checkpoint("dedup_exact_partition", part_params), persona_files,
         lambda sid, a: dedup_exact.partition_task.submit(ctx, part_params, sid, *a), batch=8)
     buckets = {b: (fs,) for b, fs in dedup_exact.files_by_bucket(parts_manifest).items()}
-    dedup_params = {"keep": "smallest (persona_id, doc_id, relation, source)", "input": _manifest_digest(parts_manifest)}
+    dedup_params = {"keep": "smallest (persona_id, doc_id, relation, source, persona)", "input": _manifest_digest(parts_manifest)}
     dedup_manifest, ran, skipped = run_stage(
         "dedup_exact", ctx.checkpoint("dedup_exact", dedup_params), buckets,
         lambda sid, a: dedup_exact.dedup_bucket_task.submit(ctx, dedup_params, sid, *a), batch=8)

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import unicodedata
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -114,11 +115,13 @@ def read_records(url: str, text_field: str = "text") -> Iterator[Record]:
                 if not line.strip():
                     continue
                 yield _jsonl_record(url, number, line, text_field)
-        except (OSError, EOFError) as exc:  # truncated gzip: keep what was read, quarantine the rest
+        except (OSError, EOFError, zlib.error) as exc:  # bad gzip: keep what was read, quarantine the rest
             yield Record(url, -1, None, error=f"unreadable: {exc.__class__.__name__}: {str(exc)[:120]}")
 
 
 def _jsonl_record(url: str, number: int, line: bytes, text_field: str) -> Record:
+    if number == 0:
+        line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the JSON
     try:
         obj = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -3,7 +3,7 @@
 Two passes keep memory bounded by one bucket rather than the whole hub, the same shape the MinHash
 stage uses: (1) each input shard is split into buckets by persona_id; (2) each bucket is deduplicated
 on its own, since equal ids always land in the same bucket. One deterministic representative is kept
-per id (smallest doc_id, then relation, then source) and every other row is recorded as a duplicate.
+per id (smallest doc_id, then relation, source, text) and every other row is recorded as a duplicate.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.store import Store
 
-KEEP_ORDER = [("persona_id", "ascending"), ("doc_id", "ascending"), ("relation", "ascending"), ("source", "ascending")]
+KEEP_ORDER = [
+    ("persona_id", "ascending"),
+    ("doc_id", "ascending"),
+    ("relation", "ascending"),
+    ("source", "ascending"),
+    ("persona", "ascending"),  # equal ids may differ in case/spacing: the choice must not depend on input order
+]
 
 
 def bucket_count(total_rows: int, rows_per_bucket: int) -> int:

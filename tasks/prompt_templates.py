@@ -44,7 +44,10 @@ class PromptTemplate:
 
 
 def parse_template(raw: bytes, source: str) -> PromptTemplate:
-    data = yaml.safe_load(raw)
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"prompt template {source} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"prompt template {source} is not a YAML mapping")
     missing = [key for key in ("name", "user") if not data.get(key)]

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = Field(None, description="API key for llm_base_url (falls back to OPENAI_API_KEY)")
     llm_model: str | None = Field(None, description="Model name; unset = the endpoint's first model")
     llm_max_concurrency: int = Field(8, ge=1, description="Requests in flight at once per worker")
-    llm_timeout_s: float = Field(120.0, gt=0, description="Per-request timeout")
+    llm_timeout_s: float = Field(600.0, gt=0, description="Per-request timeout (queueing on a busy self-hosted server counts)")
     llm_max_retries: int = Field(6, ge=0, description="Retries on 429/5xx/timeouts/connection errors")
     llm_structured_output: bool = Field(True, description="Ask for JSON-schema output where the endpoint supports it")
 

@@ -1,0 +1,190 @@
+"""The build-hub flow end to end on the fake OpenAI-compatible server: counts, provenance, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fake_openai import FakeOpenAIServer, FakeReply, default_responder
+from personahub.flows.build_hub import BuildHubParams, build_hub
+from personahub.tasks.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(root: Path, n: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"doc{i:02d}.txt").write_text(
+            f"Field notes {i}: the harbour crane operator logged {i * 7} container moves before the storm "
+            f"and the night shift supervisor asked for spare hydraulic seals number {i}."
+        )
+    return root
+
+
+def doc_marker(body: dict) -> str | None:
+    """Which test document a request is about ("Field notes N")."""
+    text = body["messages"][-1]["content"]
+    start = text.find("Field notes ")
+    return text[start : text.find(":", start)] if start >= 0 else None
+
+
+@pytest.fixture(scope="module")
+def fake() -> FakeOpenAIServer:
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(fake: FakeOpenAIServer) -> FakeOpenAIServer:
+    return fake.reset()
+
+
+def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", 6)
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, files_per_shard=2)
+
+    summary = build_hub(params)
+
+    assert server.calls == 6
+    assert summary["version"] == "v0001" and summary["personas"] == 6
+    for stage in summary["stages"]:
+        c = stage["counts"]
+        assert c["rows_in"] == c["rows_out"] + c["filtered"] + c["quarantined"], stage
+    assert [s["stage"] for s in summary["stages"]] == ["crawl", "text_to_persona", "dedup_exact"]
+    assert summary["stages"][1]["shards"] == 3
+    assert summary["llm_this_run"]["calls"] == 6 and summary["llm_this_run"]["completion_tokens"] > 0
+
+    store = Store(str(tmp_path / "store"))
+    manifest = store.read_json("hubs/default/v0001/manifest.json")
+    rows = [r for part in manifest["parts"] for r in store.read_parquet(part["file"]).to_pylist()]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["doc_id"] and row["source"].endswith(".txt") and row["relation"] == "read"
+        assert row["model"] == "fake-model" and row["template"].startswith("text_to_persona@")
+        assert json.loads(row["params"])["max_tokens"] > 0
+    assert store.read_json("hubs/default/latest.json")["version"] == "v0001"
+
+    again = build_hub(params)
+    assert server.calls == 6, "a rerun must not call the LLM again"
+    assert again["llm_this_run"]["calls"] == 0
+    assert all(s["skipped"] for s in again["stages"])
+    assert again["version"] == "v0001", "a finished run is not published twice"
+
+
+def test_bad_responses_are_quarantined_and_duplicates_recorded(server, tmp_path):
+    same = json.dumps({"persona": "A harbour logistics planner who schedules crane shifts around storms."})
+
+    def responder(body: dict):
+        marker = doc_marker(body)
+        if marker == "Field notes 0":
+            return "I cannot help with that."
+        if marker == "Field notes 1":
+            return json.dumps({"name": "Bob"})
+        if marker == "Field notes 2":
+            return FakeReply.error(400, "context length exceeded")
+        return same  # documents 3..5 all give the same persona
+
+    server.reset(responder)
+    corpus = write_corpus(tmp_path / "corpus", 6)
+    store_dir = tmp_path / "store"
+    summary = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(store_dir), llm_base_url=server.base_url, files_per_shard=3))
+
+    t2p = summary["stages"][1]
+    assert t2p["counts"] == {"rows_in": 6, "rows_out": 3, "filtered": 0, "quarantined": 3}
+    assert t2p["rejected"] == {"unparseable": 1, "missing_persona": 1, "llm_error": 1}
+    dedup = summary["stages"][2]
+    assert dedup["counts"] == {"rows_in": 3, "rows_out": 1, "filtered": 2, "quarantined": 0}
+    assert summary["personas"] == 1
+
+    store = Store(str(store_dir))
+    run = f"runs/{summary['run_id']}"
+    quarantine = [r for f in store.list(f"{run}/text_to_persona/quarantine") for r in store.read_parquet(f).to_pylist()]
+    assert sorted(r["reason"].split(":")[0] for r in quarantine) == ["llm_error", "missing_persona", "unparseable"]
+    assert any("I cannot help" in (r["response"] or "") for r in quarantine)
+    dupes = [r for f in store.list(f"{run}/dedup_exact/duplicates") for r in store.read_parquet(f).to_pylist()]
+    assert len(dupes) == 2 and len({r["kept_doc_id"] for r in dupes}) == 1
+
+
+def test_cli_against_fake_server_and_s3(server, s3_server, tmp_path, monkeypatch):
+    """`personahub build --llm-base-url … --store s3://…` (the issue's configured path)."""
+    from conftest import S3_BUCKET
+    from personahub.cli import app
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    corpus = write_corpus(tmp_path / "corpus", 4)
+    store_url = f"s3://{S3_BUCKET}/cli-{os.getpid()}-{time.monotonic_ns()}"
+    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--store", store_url, "--files-per-shard", "2"]
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "4 personas" in result.output and store_url in result.output
+    assert "4 new" in result.output
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "0 new" in again.output and "(all cached)" in again.output
+    assert server.calls == 4
+
+    shown = CliRunner().invoke(app, ["hub", "show", "--store", store_url, "-n", "2"])
+    assert shown.exit_code == 0 and "4 personas" in shown.output
+    assert Store(store_url, s3_endpoint_url=s3_server).exists("hubs/default/v0001/manifest.json")
+
+
+@pytest.mark.slow
+def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
+    """SIGKILL the CLI mid-way through Text-to-Persona; the rerun keeps every finished shard."""
+
+    def slow(body: dict):
+        reply = default_responder(body)
+        reply.delay = 0.4
+        return reply
+
+    server.reset(slow)
+    corpus = write_corpus(tmp_path / "corpus", 12)
+    store_dir = tmp_path / "store"
+    cmd = [sys.executable, "-m", "personahub.cli", "build", str(corpus), "--store", str(store_dir),
+           "--llm-base-url", server.base_url, "--files-per-shard", "2"]
+    env = {**os.environ, "PERSONAHUB_LLM_MAX_CONCURRENCY": "2"}
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done_dir = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list(store_dir.glob("runs/*/text_to_persona/_done/*.json"))
+        if found:
+            done_dir = found[0].parent
+            break
+        assert proc.poll() is None, "the build ended before it could be killed"
+        time.sleep(0.05)
+    assert done_dir is not None, "no Text-to-Persona shard finished in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+    before = {p.name: p.read_text() for p in done_dir.glob("*.json")}
+    assert 0 < len(before) < 6, "the kill must land mid-stage"
+    assert not (done_dir.parent / "manifest.json").exists()
+    calls_before = server.calls
+
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "12 personas" in finished.stdout
+
+    after = {p.name: p.read_text() for p in done_dir.glob("*.json")}
+    assert len(after) == 6
+    for name, text in before.items():
+        assert after[name] == text, f"finished shard {name} was redone"
+    docs_in_done_shards = sum(json.loads(t)["counts"]["rows_in"] for t in before.values())
+    assert server.calls - calls_before <= 12 - docs_in_done_shards
+    assert server.calls <= 12 + 2, "responses paid for before the kill are not paid again"

@@ -1,0 +1,263 @@
+"""Crawl: every input record becomes a document, a filtered row or a quarantined row with a reason."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from personahub.tasks.checkpoint import StageCheckpoint
+from personahub.tasks.crawl import (
+    crawl_shard,
+    doc_id_for,
+    expand_sources,
+    normalise_text,
+    plan_shards,
+    read_records,
+)
+from personahub.tasks.store import Store
+
+SHARED_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def jsonl(rows: list) -> bytes:
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in rows)
+
+
+def doc_id(text: str) -> str:
+    return doc_id_for(normalise_text(text))
+
+
+def big_jsonl(n: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    return jsonl(
+        [{"id": i, "text": f"record {i} " + "".join(rng.choice("abcdefghij ") for _ in range(200))} for i in range(n)]
+    )
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A small corpus with one of every case the crawl must handle."""
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "plain.txt").write_text("Plain text document.\nSecond line.\n")
+    (root / "notes.md").write_text("Intro line\n# The Title\n\nBody of the markdown note.\n")
+    (root / "empty.txt").write_text("  \n\n")
+    (root / "binary.txt").write_bytes(b"\x00\x01\x02binary\x00data")
+    (root / "records.jsonl").write_bytes(
+        jsonl(
+            [
+                {"id": "a1", "title": "First", "text": "Alpha document text."},
+                b'{"id": "broken", "text": ',  # invalid JSON
+                {"id": "a3", "body": "no text field here"},
+                [1, 2, 3],  # not an object
+                {"id": 7, "text": "Gamma document text."},
+                {"id": "a5", "text": ""},  # empty: filtered
+            ]
+        )
+        + b"\n   \n"  # blank lines are not records
+    )
+    with gzip.open(root / "sub" / "more.jsonl.gz", "wb") as fh:
+        fh.write(jsonl([{"id": "g1", "text": "Zipped one."}, {"id": "g2", "text": "Zipped two."}]))
+    (root / "ignored.csv").write_text("a,b\n1,2\n")
+    (root / ".hidden.txt").write_text("dotfile")
+    return root
+
+
+# --- reading records ---------------------------------------------------------------------------
+def test_text_and_markdown(corpus: Path) -> None:
+    (rec,) = read_records(str(corpus / "plain.txt"))
+    assert rec.error is None and rec.text.startswith("Plain text document.") and rec.title is None
+    (md,) = read_records(str(corpus / "notes.md"))
+    assert md.title == "The Title"
+    assert "Body of the markdown note." in md.text
+
+
+def test_jsonl_records_and_errors(corpus: Path) -> None:
+    recs = list(read_records(str(corpus / "records.jsonl")))
+    assert [r.record for r in recs] == [0, 1, 2, 3, 4, 5]
+    good, invalid, no_text, not_obj, gamma, empty = recs
+    assert (good.source_id, good.title, good.text, good.error) == ("a1", "First", "Alpha document text.", None)
+    assert invalid.error.startswith("invalid JSON")
+    assert no_text.error == "no string field 'text'"
+    assert not_obj.error == "JSON record is not an object"
+    assert gamma.source_id == "7" and gamma.title is None
+    assert empty.error is None and empty.text == ""
+    # Another text field name.
+    (alt,) = [r for r in read_records(str(corpus / "records.jsonl"), text_field="body") if r.error is None]
+    assert alt.text == "no text field here"
+
+
+def test_gzip_jsonl(corpus: Path) -> None:
+    recs = list(read_records(str(corpus / "sub" / "more.jsonl.gz")))
+    assert [(r.source_id, r.text) for r in recs] == [("g1", "Zipped one."), ("g2", "Zipped two.")]
+
+
+def test_binary_txt_is_undecodable(corpus: Path) -> None:
+    (rec,) = read_records(str(corpus / "binary.txt"))
+    assert rec.text is None and rec.error.startswith("undecodable")
+
+
+def test_invalid_utf8_txt_is_undecodable(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\u00e9".encode("latin-1"))
+    (rec,) = read_records(str(path))
+    assert rec.error.startswith("undecodable: UnicodeDecodeError")
+
+
+def test_truncated_gzip_keeps_earlier_records(tmp_path: Path) -> None:
+    data = gzip.compress(big_jsonl(100))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    recs = list(read_records(str(path)))
+    good = [r for r in recs if r.error is None]
+    bad = [r for r in recs if r.error is not None]
+    assert 10 < len(good) < 100
+    assert [r.source_id for r in good] == [str(i) for i in range(len(good))]  # in order, none skipped
+    assert len(bad) == 1 and bad[0].error.startswith("unreadable") and bad[0] is recs[-1]
+
+
+def test_corrupt_gzip_is_quarantined_not_raised(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(big_jsonl(100)))
+    for i in range(200, 400):  # flip bytes in the deflate stream: zlib.error, not OSError
+        data[i] ^= 0x55
+    path = tmp_path / "corrupt.jsonl.gz"
+    path.write_bytes(bytes(data))
+    recs = list(read_records(str(path)))
+    assert recs[-1].error.startswith("unreadable")
+    (tmp_path / "notgz.jsonl.gz").write_bytes(b"not gzip at all")
+    (rec,) = read_records(str(tmp_path / "notgz.jsonl.gz"))
+    assert rec.error.startswith("unreadable: BadGzipFile")
+
+
+# --- sources -----------------------------------------------------------------------------------
+def test_expand_directory_ignores_unsupported_and_dotfiles(corpus: Path) -> None:
+    files = expand_sources([str(corpus)])
+    names = sorted(Path(f).name for f in files)
+    assert names == ["binary.txt", "empty.txt", "more.jsonl.gz", "notes.md", "plain.txt", "records.jsonl"]
+    assert files == sorted(files)
+    assert all(Path(f).is_absolute() for f in files)
+
+
+def test_expand_glob_and_file(corpus: Path) -> None:
+    assert [Path(f).name for f in expand_sources([str(corpus / "*.jsonl")])] == ["records.jsonl"]
+    both = expand_sources([str(corpus / "**" / "*.jsonl*"), str(corpus / "plain.txt"), str(corpus / "plain.txt")])
+    assert sorted(Path(f).name for f in both) == ["more.jsonl.gz", "plain.txt", "records.jsonl"]  # deduplicated
+
+
+def test_expand_missing_path_raises(corpus: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="matches nothing"):
+        expand_sources([str(corpus), str(corpus / "missing.txt")])
+    with pytest.raises(FileNotFoundError, match="no supported files"):
+        expand_sources([str(corpus / "ignored.csv")])
+    with pytest.raises(FileNotFoundError):
+        expand_sources([str(corpus / "*.nothing")])
+
+
+def test_plan_shards() -> None:
+    assert plan_shards(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+
+
+# --- doc ids -----------------------------------------------------------------------------------
+def test_doc_id_deterministic() -> None:
+    assert doc_id("Hello world\n") == doc_id("Hello world\n")
+    assert doc_id("line one\r\nline two\r\n") == doc_id("line one\nline two\n")
+    assert doc_id("line one   \nline two") == doc_id("line one\nline two")  # trailing spaces
+    assert doc_id("cafe\u0301") == doc_id("caf\u00e9")  # NFC
+    assert doc_id("Hello world") != doc_id("Hello world!")
+    assert len(doc_id("x")) == 20
+
+
+# --- shards ------------------------------------------------------------------------------------
+def test_crawl_shard_writes_data_and_quarantine(store: Store, corpus: Path) -> None:
+    (corpus / "crlf.txt").write_bytes(b"Plain text document.\r\nSecond line.\r\n")
+    files = expand_sources([str(corpus)])
+    checkpoint = StageCheckpoint(store, "run1", "crawl", {"text_field": "text", "min_chars": 1})
+    out = crawl_shard(checkpoint, "s00000", files)
+    counts = out["counts"]
+    # 5 text files (1 record each) + 6 JSONL records + 2 gzip records
+    assert counts == {"rows_in": 13, "rows_out": 7, "filtered": 2, "quarantined": 4}
+    assert counts["rows_in"] == counts["rows_out"] + counts["filtered"] + counts["quarantined"]
+
+    entry = checkpoint.done_shards()["s00000"]
+    assert entry.extra["files"] == files
+    docs = store.read_parquet(entry.files["data"]).to_pylist()
+    quarantine = store.read_parquet(entry.files["quarantine"]).to_pylist()
+    assert len(docs) == 7 and len(quarantine) == 4
+
+    by_name = {}
+    for d in docs:
+        by_name.setdefault(Path(d["source"]).name, []).append(d)
+    assert by_name["notes.md"][0]["title"] == "The Title"
+    assert by_name["crlf.txt"][0]["doc_id"] == by_name["plain.txt"][0]["doc_id"]
+    assert by_name["crlf.txt"][0]["text"] == "Plain text document.\nSecond line."
+    assert [(d["source_id"], d["record"]) for d in by_name["records.jsonl"]] == [("a1", 0), ("7", 4)]
+    for d in docs:
+        assert d["doc_id"] == doc_id_for(d["text"])
+        assert d["n_bytes"] == len(d["text"].encode())
+        assert d["fetched_at"]
+
+    reasons = sorted((Path(q["source"]).name, q["record"], q["reason"].split(":")[0]) for q in quarantine)
+    assert reasons == [
+        ("binary.txt", 0, "undecodable"),
+        ("records.jsonl", 1, "invalid JSON"),
+        ("records.jsonl", 2, "no string field 'text'"),
+        ("records.jsonl", 3, "JSON record is not an object"),
+    ]
+
+    manifest = checkpoint.finalize(["s00000"])
+    assert manifest["totals"]["rows_in"] == 13
+
+
+def test_crawl_shard_truncated_gzip_counts(store: Store, tmp_path: Path) -> None:
+    data = gzip.compress(big_jsonl(100, seed=1))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 1})
+    counts = crawl_shard(checkpoint, "s00000", [str(path)])["counts"]
+    assert counts["quarantined"] == 1 and counts["filtered"] == 0
+    assert 10 < counts["rows_out"] < 100
+    assert counts["rows_in"] == counts["rows_out"] + 1
+    quarantine = store.read_parquet(checkpoint.shard_path("s00000", "quarantine")).to_pylist()
+    assert quarantine[0]["reason"].startswith("unreadable") and quarantine[0]["record"] == -1
+
+
+def test_min_chars_filters_short_documents(tmp_path: Path) -> None:
+    (tmp_path / "short.txt").write_text("tiny")
+    (tmp_path / "long.txt").write_text("long enough document")
+    store = Store(str(tmp_path / "store"))
+    checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 10})
+    counts = crawl_shard(checkpoint, "s0", sorted(str(p) for p in tmp_path.glob("*.txt")), min_chars=10)["counts"]
+    assert counts == {"rows_in": 2, "rows_out": 1, "filtered": 1, "quarantined": 0}
+
+
+# --- real third-party data ---------------------------------------------------------------------
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"shared data not found at {SHARED_DATA}")
+def test_crawl_shared_data(tmp_path: Path) -> None:
+    dolma = SHARED_DATA / "webtext" / "jsonl" / "dolma_cc_en_head-0091.jsonl"
+    gutenberg = SHARED_DATA / "webtext" / "text" / "gutenberg"
+    if not dolma.is_file() or not gutenberg.is_dir():
+        pytest.skip(f"dolma/gutenberg files not found under {SHARED_DATA}")
+    books = sorted(str(p) for p in gutenberg.glob("*.txt"))
+    assert books
+    files = expand_sources([str(dolma), str(gutenberg)])
+    assert set(books) <= set(files) and str(dolma) in files
+
+    store = Store(str(tmp_path / "store"))
+    checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 1})
+    counts = crawl_shard(checkpoint, "s00000", files)["counts"]
+    assert counts["rows_out"] > 0
+    assert counts["rows_in"] == counts["rows_out"] + counts["filtered"] + counts["quarantined"]
+
+    docs = store.read_parquet(checkpoint.shard_path("s00000"), columns=["source", "doc_id", "n_bytes"]).to_pylist()
+    per_source: dict[str, int] = {}
+    for d in docs:
+        per_source[d["source"]] = per_source.get(d["source"], 0) + 1
+    for book in books:
+        assert per_source.get(book) == 1, book  # one document per book
+    assert per_source.get(str(dolma), 0) > 0
+    assert all(d["n_bytes"] > 0 for d in docs)

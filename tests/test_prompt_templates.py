@@ -1,0 +1,83 @@
+"""Prompt templates: YAML data rendered with strict Jinja; the version is the hash of the file bytes."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import jinja2
+import pytest
+
+from personahub.tasks.prompt_templates import load_template, parse_template
+
+
+def shipped_bytes() -> bytes:
+    return resources.files("personahub.prompts").joinpath("text_to_persona.yaml").read_bytes()
+
+
+def test_load_and_render_text_to_persona() -> None:
+    template = load_template("text_to_persona")
+    assert template.name == "text_to_persona"
+    assert template.mode == "zero-shot"
+    assert template.ref == f"text_to_persona@{template.version}"
+    assert len(template.version) == 12
+    relations = template.extra["relations"]
+    assert set(relations) == {"read", "write", "like", "dislike"}
+    assert template.output_schema["required"] == ["persona"]
+    assert template.params["max_tokens"] > 0
+
+    messages = template.render(text="Tides and coral reefs of the Pacific.", relation_phrase=relations["write"])
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert "Tides and coral reefs of the Pacific." in messages[1]["content"]
+    assert "likely to have written" in messages[1]["content"]
+    assert "{{" not in messages[1]["content"]
+    assert "persona" in messages[0]["content"]
+    assert load_template("text_to_persona") is template  # cached
+
+
+def test_version_is_hash_of_bytes() -> None:
+    raw = shipped_bytes()
+    same = parse_template(raw, "copy")
+    assert same.version == load_template("text_to_persona").version
+    edited = parse_template(raw + b"\n# an edited comment\n", "edited")
+    assert edited.version != same.version
+    assert edited.user == same.user  # the content is equal, the version is not
+    assert parse_template(raw.replace(b"one specific kind", b"one kind"), "x").version != same.version
+
+
+def test_missing_variable_raises() -> None:
+    template = load_template("text_to_persona")
+    with pytest.raises(jinja2.UndefinedError, match="relation_phrase"):
+        template.render(text="only the text")
+
+
+def test_no_system_message_when_blank() -> None:
+    template = parse_template(b"name: t\nuser: 'Hello {{ who }}'\n", "t.yaml")
+    assert template.render(who="you") == [{"role": "user", "content": "Hello you"}]
+    assert template.mode == "zero-shot" and template.params == {} and template.output_schema is None
+
+
+def test_unknown_keys_go_to_extra() -> None:
+    template = parse_template(b"name: t\nuser: u\ndescription: d\nexamples: [1, 2]\n", "t.yaml")
+    assert template.extra == {"examples": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b"name: t\nuser: [unclosed\n", r"t\.yaml is not valid YAML"),
+        (b"- a list\n- not a mapping\n", r"t\.yaml is not a YAML mapping"),
+        (b"", r"t\.yaml is not a YAML mapping"),
+        (b"just a string\n", r"t\.yaml is not a YAML mapping"),
+        (b"name: t\n", r"t\.yaml lacks user"),
+        (b"user: hi\n", r"t\.yaml lacks name"),
+        (b"system: s\n", r"t\.yaml lacks name, user"),
+    ],
+)
+def test_invalid_templates_have_clear_errors(raw: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_template(raw, "t.yaml")
+
+
+def test_unknown_template_name() -> None:
+    with pytest.raises(FileNotFoundError, match="no_such_template"):
+        load_template("no_such_template")
