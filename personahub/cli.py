@@ -72,9 +72,11 @@ def build(
         if stage["rejected"]:
             typer.echo("  " + " " * 16 + " rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(stage["rejected"].items())))
     u = summary["llm_this_run"]
-    note = " (all cached)" if u["calls"] == 0 else ""
-    typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} from cache{note}; "
-               f"tokens paid: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    skipped = sum(s["skipped"] for s in summary["stages"])
+    typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache, "
+               f"{skipped} finished stage(s) skipped; tokens paid: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    if u["calls"] == 0:
+        typer.echo("Nothing was paid for: every LLM answer this build needs was already checkpointed or cached.")
     typer.echo(f"Hub {summary['hub']} {summary['version']}: {summary['personas']} personas at {summary['hub_path']}")
     typer.echo(f"Run checkpoints: {summary['run']}  ({elapsed:.0f} s)")
     settings = load_settings(store=store)

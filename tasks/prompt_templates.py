@@ -27,6 +27,9 @@ class PromptTemplate:
     user: str
     params: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
+    # Few-shot demonstrations: each renders the user template with its own variables, followed by
+    # its answer as an assistant turn.
+    examples: tuple[dict[str, Any], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -39,7 +42,11 @@ class PromptTemplate:
         messages = []
         if self.system.strip():
             messages.append({"role": "system", "content": _ENV.from_string(self.system).render(**variables).strip()})
-        messages.append({"role": "user", "content": _ENV.from_string(self.user).render(**variables).strip()})
+        user = _ENV.from_string(self.user)
+        for example in self.examples:
+            messages.append({"role": "user", "content": user.render(**{**variables, **example["vars"]}).strip()})
+            messages.append({"role": "assistant", "content": example["answer"].strip()})
+        messages.append({"role": "user", "content": user.render(**variables).strip()})
         return messages
 
 
@@ -53,7 +60,12 @@ def parse_template(raw: bytes, source: str) -> PromptTemplate:
     missing = [key for key in ("name", "user") if not data.get(key)]
     if missing:
         raise ValueError(f"prompt template {source} lacks {', '.join(missing)}")
-    known = {"name", "mode", "system", "user", "params", "output_schema", "description"}
+    known = {"name", "mode", "system", "user", "params", "output_schema", "description", "examples"}
+    examples = data.get("examples") or []
+    if not isinstance(examples, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("vars"), dict) and isinstance(e.get("answer"), str) for e in examples
+    ):
+        raise ValueError(f"prompt template {source}: examples must be a list of {{vars: mapping, answer: text}}")
     return PromptTemplate(
         name=data["name"],
         version=hashlib.sha256(raw).hexdigest()[:12],
@@ -62,6 +74,7 @@ def parse_template(raw: bytes, source: str) -> PromptTemplate:
         user=data["user"],
         params=dict(data.get("params") or {}),
         output_schema=data.get("output_schema"),
+        examples=tuple(examples),
         extra={k: v for k, v in data.items() if k not in known},
     )
 

@@ -52,6 +52,8 @@ REJECT_SCHEMA = pa.schema(
 
 MIN_PERSONA_CHARS = 20
 MAX_PERSONA_CHARS = 600
+# Small models copy the prompt's shape ("A ... who ...") or its variables ("{persona}").
+_PLACEHOLDER = re.compile(r"\.\.\.|…|\{[a-z_]+\}")
 
 
 def normalise_persona(text: str) -> str:
@@ -80,12 +82,26 @@ def build_request(template: PromptTemplate, text: str, relation: str, max_doc_ch
     )
 
 
-def validate_persona(result: ChatResult, source_text: str) -> tuple[str | None, str | None]:
+def example_personas(template: PromptTemplate) -> frozenset[str]:
+    """The demonstrations' personas, lower-cased: a small model tends to copy them."""
+    out = set()
+    for example in template.examples:
+        try:
+            out.add(normalise_persona(json.loads(example["answer"])["persona"]).lower())
+        except (ValueError, KeyError, TypeError):
+            continue
+    return frozenset(out)
+
+
+def validate_persona(
+    result: ChatResult, source_text: str, examples: frozenset[str] = frozenset()
+) -> tuple[str | None, str | None]:
     """(persona, None) when usable, else (None, reason)."""
     if result.error is not None:
         return None, "llm_error"
     if result.data is None:
-        return None, "unparseable"
+        # A reply cut off by max_tokens is not junk from the model but a budget problem: say so.
+        return None, "truncated" if result.finish_reason == "length" else "unparseable"
     value = result.data.get("persona") if isinstance(result.data, dict) else None
     if not isinstance(value, str) or not value.strip():
         return None, "missing_persona"
@@ -94,6 +110,10 @@ def validate_persona(result: ChatResult, source_text: str) -> tuple[str | None, 
         return None, "too_short"
     if len(persona) > MAX_PERSONA_CHARS:
         return None, "too_long"
+    if _PLACEHOLDER.search(persona):
+        return None, "placeholder"
+    if persona.lower() in examples:
+        return None, "copies_example"
     if len(persona) >= 80 and normalise_persona(source_text).lower().find(persona.lower()) >= 0:
         return None, "echoes_text"
     return persona, None
@@ -113,10 +133,11 @@ async def personas_for_documents(
     requests = [build_request(template, doc["text"], rel, max_doc_chars, params) for doc, rel in jobs]
     results = await gateway.chat_many(requests)
     params_json = json.dumps(params, sort_keys=True)
+    copies = example_personas(template)
     personas: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for (doc, relation), result in zip(jobs, results):
-        persona, reason = validate_persona(result, doc["text"])
+        persona, reason = validate_persona(result, doc["text"], copies)
         if persona is None:
             rejected.append(
                 {

@@ -84,3 +84,27 @@ def reopen_store(store_url: tuple[str, str | None]) -> Callable[[], Store]:
         return Store(url, s3_endpoint_url=endpoint, storage_options=options)
 
     return reopen
+
+
+@pytest.fixture
+def embedded_model() -> tuple:
+    """(llama-server binary, GGUF path) of the embedded default.
+
+    Skipped where they are absent on a developer's machine; under CI (CI set) a missing piece is a
+    failure, because scripts/setup.sh must have installed both and a skip would hide that.
+    """
+    from personahub.tasks import llama_server as ls
+    from personahub.tasks.settings import Settings
+
+    binary = ls.llama_server_binary(Settings())
+    try:
+        model = ls.gguf_model_path()
+    except ls.EmbeddedLLMError as exc:
+        model, missing = None, str(exc)
+    else:
+        missing = "" if binary else "llama-server is not built: run `personahub llm build`"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the embedded model (scripts/setup.sh): {missing}")
+        pytest.skip(missing)
+    return binary, model

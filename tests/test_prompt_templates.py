@@ -17,7 +17,7 @@ def shipped_bytes() -> bytes:
 def test_load_and_render_text_to_persona() -> None:
     template = load_template("text_to_persona")
     assert template.name == "text_to_persona"
-    assert template.mode == "zero-shot"
+    assert template.mode == "few-shot"
     assert template.ref == f"text_to_persona@{template.version}"
     assert len(template.version) == 12
     relations = template.extra["relations"]
@@ -26,10 +26,14 @@ def test_load_and_render_text_to_persona() -> None:
     assert template.params["max_tokens"] > 0
 
     messages = template.render(text="Tides and coral reefs of the Pacific.", relation_phrase=relations["write"])
-    assert [m["role"] for m in messages] == ["system", "user"]
-    assert "Tides and coral reefs of the Pacific." in messages[1]["content"]
-    assert "likely to have written" in messages[1]["content"]
-    assert "{{" not in messages[1]["content"]
+    # system, then each demonstration as a user/assistant pair, then the real question
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * len(template.examples) + ["user"]
+    assert template.examples, "the shipped template carries a demonstration"
+    assert "Tides and coral reefs of the Pacific." in messages[-1]["content"]
+    assert "Tides" not in messages[1]["content"], "a demonstration renders with its own text"
+    assert messages[2]["content"] == template.examples[0]["answer"].strip()
+    assert "likely to have written" in messages[-1]["content"]
+    assert "{{" not in messages[-1]["content"]
     assert "persona" in messages[0]["content"]
     assert load_template("text_to_persona") is template  # cached
 
@@ -57,8 +61,8 @@ def test_no_system_message_when_blank() -> None:
 
 
 def test_unknown_keys_go_to_extra() -> None:
-    template = parse_template(b"name: t\nuser: u\ndescription: d\nexamples: [1, 2]\n", "t.yaml")
-    assert template.extra == {"examples": [1, 2]}
+    template = parse_template(b"name: t\nuser: u\ndescription: d\nrelations: {read: r}\n", "t.yaml")
+    assert template.extra == {"relations": {"read": "r"}}
 
 
 @pytest.mark.parametrize(
@@ -81,3 +85,13 @@ def test_invalid_templates_have_clear_errors(raw: bytes, match: str) -> None:
 def test_unknown_template_name() -> None:
     with pytest.raises(FileNotFoundError, match="no_such_template"):
         load_template("no_such_template")
+
+
+def test_examples_must_have_vars_and_answer() -> None:
+    base = b"name: t\nuser: 'Q {{ text }}'\n"
+    with pytest.raises(ValueError, match="examples"):
+        parse_template(base + b"examples:\n  - answer: 'x'\n", "no-vars")
+    with pytest.raises(ValueError, match="examples"):
+        parse_template(base + b"examples: 'not a list'\n", "not-list")
+    ok = parse_template(base + b"examples:\n  - vars: {text: demo}\n    answer: A\n", "ok")
+    assert [m["content"] for m in ok.render(text="real")] == ["Q demo", "A", "Q real"]

@@ -28,8 +28,10 @@ from personahub.tasks.text_to_persona import (
 GOOD = "A coral reef ecologist who monitors bleaching events"
 
 
-def result(data=None, *, text: str | None = "raw", error: str | None = None, parse_error: str | None = None) -> ChatResult:
-    return ChatResult("k", text, data, parse_error, error, "fake-model", "stop", 10, 5, False)
+def result(
+    data=None, *, text: str | None = "raw", error: str | None = None, parse_error: str | None = None, finish: str = "stop"
+) -> ChatResult:
+    return ChatResult("k", text, data, parse_error, error, "fake-model", finish, 10, 5, False)
 
 
 # --- validation --------------------------------------------------------------------------------
@@ -45,10 +47,23 @@ def result(data=None, *, text: str | None = "raw", error: str | None = None, par
         (result({"persona": "Sorry"}), "too_short"),
         (result({"persona": '"   A chef.   "'}), "too_short"),  # quotes and spaces do not count
         (result({"persona": "A " + "very " * 200 + "long persona"}), "too_long"),
+        (result(None, text='{"persona": "A nurse who', parse_error="cut", finish="length"), "truncated"),
+        (result({"persona": "A ... who ... who is likely to read this text"}), "placeholder"),
+        (result({"persona": "A {persona} who is likely to read this text"}), "placeholder"),
     ],
 )
 def test_validate_rejections(res: ChatResult, reason: str) -> None:
     assert validate_persona(res, "Some source text about reefs.") == (None, reason)
+
+
+def test_validate_rejects_copies_of_the_demonstration() -> None:
+    from personahub.tasks.text_to_persona import example_personas
+
+    copies = example_personas(load_template("text_to_persona"))
+    assert copies, "the shipped template has a demonstration to guard against"
+    copied = next(iter(copies)).upper()  # case does not make it new
+    assert validate_persona(result({"persona": copied}), "text", copies) == (None, "copies_example")
+    assert validate_persona(result({"persona": GOOD}), "text", copies) == (GOOD, None)
 
 
 def test_validate_echo_of_source_text() -> None:

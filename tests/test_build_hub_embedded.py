@@ -1,0 +1,43 @@
+"""The main job on the real embedded model (llama-server + SmolLM2-135M): structure, not content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from personahub.flows.build_hub import BuildHubParams, build_hub
+from personahub.tasks.store import Store
+
+DOCS = {
+    "nurse.txt": "Fever in toddlers: give fluids, check the temperature every four hours, and call the ward if it stays above 39 C.",
+    "chess.md": "# The Caro-Kann\nAfter 1.e4 c6 2.d4 d5, Black gets a solid pawn chain; club players like it against sharp attackers.",
+    "bees.txt": "Swarm season checklist: inspect every seven days, look for queen cells on the bottom bars, add supers early.",
+}
+
+
+@pytest.mark.embedded
+def test_build_hub_on_the_embedded_model(tmp_path: Path, embedded_model: tuple) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, text in DOCS.items():
+        (corpus / name).write_text(text)
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), files_per_shard=2)
+
+    summary = build_hub(params)
+
+    crawl, t2p, dedup = summary["stages"]
+    assert crawl["counts"]["rows_out"] == 3
+    assert t2p["counts"]["rows_in"] == 3
+    assert t2p["counts"]["rows_out"] + t2p["counts"]["quarantined"] == 3  # every answer kept or quarantined
+    assert summary["model"] == "SmolLM2-135M-Instruct-Q4_1"
+    assert summary["llm_this_run"]["calls"] == 3 and summary["llm_this_run"]["completion_tokens"] > 0
+    store = Store(str(tmp_path / "store"))
+    manifest = store.read_json(f"hubs/default/{summary['version']}/manifest.json")
+    assert manifest["personas"] == dedup["counts"]["rows_out"]
+    for part in manifest["parts"]:
+        for row in store.read_parquet(part["file"]).to_pylist():
+            assert row["persona"] and row["model"] == summary["model"] and row["doc_id"]
+
+    again = build_hub(params)
+    assert again["llm_this_run"]["calls"] == 0
