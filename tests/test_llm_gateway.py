@@ -21,8 +21,8 @@ from personahub.tasks.llm_gateway import (
     LLMGateway,
     Usage,
     cache_key,
-    parse_json_lenient,
 )
+from personahub.tasks.llm_json import parse_json_lenient
 from personahub.tasks.settings import Settings
 from personahub.tasks.store import Store
 
