@@ -113,7 +113,7 @@ def llm_build(
 
     settings = load_settings()
     existing = None if force else llama_server_binary(settings)
-    binary = existing or build_llama_server(settings, jobs=jobs)
+    binary = existing or build_llama_server(settings, jobs=jobs, force=force)
     typer.echo(f"llama-server: {binary}{' (cached)' if existing else ''}")
     typer.echo(f"model: {gguf_model_path()}")
 

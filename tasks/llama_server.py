@@ -12,7 +12,6 @@ serialises requests.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import importlib.metadata
 import importlib.util
@@ -498,7 +497,7 @@ class EmbeddedLLMServer:
                       else llama_server_binary(self.settings))
             if binary is None:
                 raise EmbeddedLLMError(
-                    "no llama-server binary: run `python -m personahub.tasks.llama_server build` "
+                    "no llama-server binary: run `personahub llm build` "
                     f"or set ${ENV_BINARY}"
                 )
         except (EmbeddedLLMError, OSError) as exc:
@@ -586,39 +585,3 @@ class EmbeddedLLMServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m personahub.tasks.llama_server build|path|serve` (the install step calls `build`)."""
-    parser = argparse.ArgumentParser(prog="python -m personahub.tasks.llama_server", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build llama-server unless a working one is already available")
-    build.add_argument("--force", action="store_true", help="rebuild even if a cached binary works")
-    build.add_argument("--jobs", type=int, default=None, help=f"compile jobs (default ${ENV_BUILD_JOBS} or min(2, cores))")
-    sub.add_parser("path", help="print the llama-server binary and model file in use")
-    sub.add_parser("serve", help="run the embedded server until Ctrl-C")
-    args = parser.parse_args(argv)
-    settings = load_settings()
-    if args.command == "build":
-        path = (build_llama_server(settings, jobs=args.jobs, force=True) if args.force
-                else llama_server_binary(settings) or build_llama_server(settings, jobs=args.jobs))
-        print(path)
-    elif args.command == "path":
-        print(f"llama-server: {llama_server_binary(settings) or 'not built'}")
-        print(f"model: {gguf_model_path()}")
-    else:
-        with EmbeddedLLMServer(settings) as server:
-            print(f"base_url={server.base_url} model={server.model}", flush=True)
-            try:
-                while server.running:
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
