@@ -229,9 +229,13 @@ def _usage_of(results: list[dict[str, Any]]) -> dict[str, int]:
 def _report(stage: str, manifest: dict[str, Any], ran: list[dict[str, Any]], skipped: bool) -> dict[str, Any]:
     totals = manifest["totals"]
     rejected: dict[str, int] = {}
+    usage: dict[str, int] = {}
     for shard in manifest["shards"]:
-        for reason, n in (shard.get("extra") or {}).get("rejected", {}).items():
+        extra = shard.get("extra") or {}
+        for reason, n in extra.get("rejected", {}).items():
             rejected[reason] = rejected.get(reason, 0) + n
+        for key, n in extra.get("usage", {}).items():
+            usage[key] = usage.get(key, 0) + n
     return {
         "stage": stage,
         "skipped": skipped,
@@ -239,6 +243,7 @@ def _report(stage: str, manifest: dict[str, Any], ran: list[dict[str, Any]], ski
         "shards_run": len(ran),
         "counts": {k: totals[k] for k in ("rows_in", "rows_out", "filtered", "quarantined")},
         "rejected": rejected,
+        "usage": usage,  # what the stage's shards spent, whichever run made them
         "_ran": ran,
     }
 
@@ -248,14 +253,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"# Hub `{summary['hub']}` {summary['version']}: {summary['personas']} personas",
         f"Run `{summary['run_id']}`, model `{summary['model']}`, hub at `{summary['hub_path']}`.",
         "",
-        "| stage | shards (run now) | in | out | filtered | quarantined | rejected by reason |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | shards (run now) | in | out | filtered | quarantined | rejected by reason | LLM calls | tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary["stages"]:
         c = s["counts"]
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejected"].items())) or "-"
         run_now = "skipped" if s["skipped"] else s["shards_run"]
-        lines.append(f"| {s['stage']} | {s['shards']} ({run_now}) | {c['rows_in']} | {c['rows_out']} | {c['filtered']} | {c['quarantined']} | {reasons} |")
+        u = s["usage"]
+        calls, tokens = (u.get("calls", 0), u.get("total_tokens", 0)) if u else ("-", "-")
+        lines.append(f"| {s['stage']} | {s['shards']} ({run_now}) | {c['rows_in']} | {c['rows_out']} | {c['filtered']} "
+                     f"| {c['quarantined']} | {reasons} | {calls} | {tokens} |")
     u = summary["llm_this_run"]
     lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, "
               f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, {u['failures']} failures."]

@@ -69,6 +69,10 @@ def build(
         state = "skipped (done)" if stage["skipped"] else f"{stage['shards_run']}/{stage['shards']} shards run"
         typer.echo(f"  {stage['stage']:<16} in {c['rows_in']:>6}  out {c['rows_out']:>6}  filtered {c['filtered']:>5}  "
                    f"quarantined {c['quarantined']:>5}  [{state}]")
+        if stage["usage"]:
+            u = stage["usage"]
+            typer.echo("  " + " " * 16 + f" LLM: {u.get('calls', 0)} calls, {u.get('cache_hits', 0)} cache hits, "
+                       f"{u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion tokens")
         if stage["rejected"]:
             typer.echo("  " + " " * 16 + " rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(stage["rejected"].items())))
     u = summary["llm_this_run"]

@@ -63,6 +63,9 @@ def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     assert [s["stage"] for s in summary["stages"]] == ["crawl", "text_to_persona", "dedup_exact"]
     assert summary["stages"][1]["shards"] == 3
     assert summary["llm_this_run"]["calls"] == 6 and summary["llm_this_run"]["completion_tokens"] > 0
+    t2p_usage = summary["stages"][1]["usage"]  # token accounting per stage
+    assert t2p_usage["calls"] == 6 and t2p_usage["prompt_tokens"] == summary["llm_this_run"]["prompt_tokens"]
+    assert summary["stages"][0]["usage"] == {}, "crawl calls no LLM"
 
     store = Store(str(tmp_path / "store"))
     manifest = store.read_json("hubs/default/v0001/manifest.json")
@@ -78,6 +81,7 @@ def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     assert server.calls == 6, "a rerun must not call the LLM again"
     assert again["llm_this_run"]["calls"] == 0
     assert all(s["skipped"] for s in again["stages"])
+    assert again["stages"][1]["usage"] == t2p_usage, "a skipped stage still reports what it cost"
     assert again["version"] == "v0001", "a finished run is not published twice"
 
 
@@ -188,3 +192,34 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     docs_in_done_shards = sum(json.loads(t)["counts"]["rows_in"] for t in before.values())
     assert server.calls - calls_before <= 12 - docs_in_done_shards
     assert server.calls <= 12 + 2, "responses paid for before the kill are not paid again"
+
+
+@pytest.mark.slow
+def test_same_flow_against_a_prefect_server(server, tmp_path):
+    """With PREFECT_API_URL pointing at a server (here a temporary one), nothing changes but where
+    the runs are recorded: the flow run and its summary artifact are on that server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    corpus = write_corpus(tmp_path / "corpus", 3)
+    with prefect_test_harness(server_startup_timeout=120):
+        assert PREFECT_API_URL.value(), "the harness runs a real API server"
+        state = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url),
+                          return_state=True)
+        assert state.is_completed()
+        assert state.result()["personas"] == 3
+
+        async def recorded():
+            async with get_client() as client:
+                run = await client.read_flow_run(state.state_details.flow_run_id)
+                artifacts = await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-hub-summary"])))
+                return run, artifacts
+
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        run, artifacts = run_coro_as_sync(recorded())
+    assert run.state.is_completed() and run.parameters["params"]["llm_base_url"] == server.base_url
+    assert any("3 personas" in (a.data or "") for a in artifacts)
