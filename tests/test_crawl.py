@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.crawl import (
-    crawl_shard,
-    doc_id_for,
-    expand_sources,
-    normalise_text,
-    plan_shards,
-    read_records,
-)
+from personahub.tasks.crawl import crawl_shard, doc_id_for, expand_sources, plan_shards
+from personahub.tasks.crawl.clean import normalise_text
+from personahub.tasks.crawl.readers import ReaderOptions, read_records
 from personahub.tasks.store import Store
 
 SHARED_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -82,13 +77,13 @@ def test_jsonl_records_and_errors(corpus: Path) -> None:
     assert [r.record for r in recs] == [0, 1, 2, 3, 4, 5]
     good, invalid, no_text, not_obj, gamma, empty = recs
     assert (good.source_id, good.title, good.text, good.error) == ("a1", "First", "Alpha document text.", None)
-    assert invalid.error.startswith("invalid JSON")
-    assert no_text.error == "no string field 'text'"
-    assert not_obj.error == "JSON record is not an object"
+    assert invalid.error.startswith("invalid_json: ")
+    assert no_text.error == "no_text: no string field 'text'"
+    assert not_obj.error == "invalid_json: record is not an object"
     assert gamma.source_id == "7" and gamma.title is None
     assert empty.error is None and empty.text == ""
     # Another text field name.
-    (alt,) = [r for r in read_records(str(corpus / "records.jsonl"), text_field="body") if r.error is None]
+    (alt,) = [r for r in read_records(str(corpus / "records.jsonl"), ReaderOptions(text_field="body")) if r.error is None]
     assert alt.text == "no text field here"
 
 
@@ -204,9 +199,9 @@ def test_crawl_shard_writes_data_and_quarantine(store: Store, corpus: Path) -> N
     reasons = sorted((Path(q["source"]).name, q["record"], q["reason"].split(":")[0]) for q in quarantine)
     assert reasons == [
         ("binary.txt", 0, "undecodable"),
-        ("records.jsonl", 1, "invalid JSON"),
-        ("records.jsonl", 2, "no string field 'text'"),
-        ("records.jsonl", 3, "JSON record is not an object"),
+        ("records.jsonl", 1, "invalid_json"),
+        ("records.jsonl", 2, "no_text"),
+        ("records.jsonl", 3, "invalid_json"),
     ]
 
     manifest = checkpoint.finalize(["s00000"])

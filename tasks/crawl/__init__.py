@@ -7,13 +7,7 @@ reason); nothing disappears. Files are read one record at a time, so memory is b
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
-import json
-import unicodedata
-import zlib
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -23,11 +17,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.crawl.clean import normalise_text
+from personahub.tasks.crawl.readers import ReaderOptions, read_records, supported_suffixes
 from personahub.tasks.run_context import RunContext
-
-TEXT_SUFFIXES = (".txt", ".md", ".markdown")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -46,16 +38,6 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
-class Record:
-    source: str
-    record: int
-    text: str | None
-    source_id: str | None = None
-    title: str | None = None
-    error: str | None = None
-
-
 def expand_sources(sources: list[str]) -> list[str]:
     """Every supported file under the given paths/globs/directories, as full URLs, sorted."""
     found: set[str] = set()
@@ -71,75 +53,15 @@ def expand_sources(sources: list[str]) -> list[str]:
             else:
                 raise FileNotFoundError(f"crawl source {source!r} matches nothing")
             for path in files:
-                if path.lower().endswith(SUPPORTED_SUFFIXES) and not path.rsplit("/", 1)[-1].startswith("."):
+                if path.lower().endswith(supported_suffixes()) and not path.rsplit("/", 1)[-1].startswith("."):
                     found.add(f"{protocol}://{path}" if protocol else path)
     if not found:
-        raise FileNotFoundError(f"no supported files ({', '.join(SUPPORTED_SUFFIXES)}) under {sources}")
+        raise FileNotFoundError(f"no supported files ({', '.join(supported_suffixes())}) under {sources}")
     return sorted(found)
-
-
-def normalise_text(text: str) -> str:
-    """NFC, unified newlines, no trailing whitespace: the form doc_id is hashed from."""
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(line.rstrip() for line in text.split("\n")).strip()
 
 
 def doc_id_for(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
-
-
-def _decode(raw: bytes) -> str:
-    if b"\x00" in raw[:8192]:
-        raise ValueError("binary content (NUL bytes)")
-    return raw.decode("utf-8-sig")
-
-
-def read_records(url: str, text_field: str = "text") -> Iterator[Record]:
-    """Records of one file; a broken record is yielded with its error, never raised."""
-    lower = url.lower()
-    if lower.endswith(TEXT_SUFFIXES):
-        with fsspec.open(url, "rb") as fh:
-            raw = fh.read()
-        try:
-            text = _decode(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            yield Record(url, 0, None, error=f"undecodable: {exc.__class__.__name__}: {str(exc)[:120]}")
-            return
-        title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("# ")), None)
-        yield Record(url, 0, text, title=title)
-        return
-    with fsspec.open(url, "rb") as raw_fh:
-        stream = gzip.GzipFile(fileobj=raw_fh) if lower.endswith(".gz") else raw_fh
-        try:
-            for number, line in enumerate(io.BufferedReader(stream)):
-                if not line.strip():
-                    continue
-                yield _jsonl_record(url, number, line, text_field)
-        except (OSError, EOFError, zlib.error) as exc:  # bad gzip: keep what was read, quarantine the rest
-            yield Record(url, -1, None, error=f"unreadable: {exc.__class__.__name__}: {str(exc)[:120]}")
-
-
-def _jsonl_record(url: str, number: int, line: bytes, text_field: str) -> Record:
-    if number == 0:
-        line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the JSON
-    try:
-        obj = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return Record(url, number, None, error=f"invalid JSON: {str(exc)[:120]}")
-    if not isinstance(obj, dict):
-        return Record(url, number, None, error="JSON record is not an object")
-    text = obj.get(text_field)
-    if not isinstance(text, str):
-        return Record(url, number, None, error=f"no string field {text_field!r}")
-    source_id = obj.get("id")
-    title = obj.get("title")
-    return Record(
-        url,
-        number,
-        text,
-        source_id=str(source_id) if source_id is not None else None,
-        title=title if isinstance(title, str) else None,
-    )
 
 
 def plan_shards(files: list[str], files_per_shard: int) -> list[list[str]]:
@@ -161,7 +83,7 @@ def crawl_shard(
     quarantined: list[dict[str, Any]] = []
     seen_in = filtered = 0
     for url in files:
-        for rec in read_records(url, text_field):
+        for rec in read_records(url, ReaderOptions(text_field=text_field)):
             seen_in += 1
             if rec.error is not None:
                 quarantined.append({"source": url, "record": rec.record, "reason": rec.error, "sample": None})
