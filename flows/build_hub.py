@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
-import fsspec
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
-from personahub.tasks import crawl, dedup_exact, publish, text_to_persona
-from personahub.tasks.checkpoint import StageCheckpoint, params_hash
+from personahub.flows.crawl import crawl_stages
+from personahub.flows.stage_runner import manifest_digest, run_exact_dedup, run_stage, stage_report, stages_markdown
+from personahub.tasks import publish, text_to_persona
+from personahub.tasks.checkpoint import params_hash
+from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.llm_gateway import LLMGateway, Usage
 from personahub.tasks.prompt_templates import load_template
 from personahub.tasks.run_context import RunContext
@@ -45,12 +47,13 @@ class BuildHubParams(BaseModel):
     hub: str = Field("default", description="Hub name: versions go to hubs/<hub>/vNNNN")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
     relations: list[Relation] = Field(default_factory=lambda: ["read"], description="Text-to-Persona relations")
-    text_field: str = Field("text", description="Text field of JSONL records")
-    files_per_shard: int = Field(16, ge=1, description="Input files per crawl shard")
+    crawl: CrawlParams = Field(default_factory=CrawlParams, description="How documents are read and filtered")
+    max_docs: int | None = Field(None, ge=1, description="Build from a seeded sample of at most this many documents")
+    seed: int = Field(0, description="Seed of the max_docs sample")
     max_doc_chars: int = Field(2000, ge=200, description="Document characters sent to the LLM (small-model context budget)")
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
-    rows_per_bucket: int = Field(200_000, ge=1, description="Personas per dedup bucket (bounds dedup memory)")
+    rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket (bounds dedup memory)")
     llm_shard_parallelism: int = Field(2, ge=1, description="LLM shards in flight; requests split the concurrency between them")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
     llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
@@ -74,49 +77,10 @@ def resolve_model(settings: Settings) -> str:
 
 
 def run_id_for(params: BuildHubParams) -> str:
-    """A run id from what determines the output, so rerunning the same build resumes it."""
-    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism"})
+    """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
+    rerun with one new file reuses every finished shard and pays only for the new documents."""
+    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
-
-
-def _input_fingerprint(files: list[str]) -> list[list[Any]]:
-    """(path, size, mtime) per input file: a changed file makes the crawl stage stale."""
-    out = []
-    for url in files:
-        fs, path = fsspec.core.url_to_fs(url)
-        info = fs.info(path)
-        out.append([url, info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("ETag"))])
-    return out
-
-
-def _manifest_digest(manifest: dict[str, Any]) -> str:
-    """A downstream stage depends on exactly which upstream shards and rows it read."""
-    return params_hash({"shards": [[s["id"], s["files"], s["rows"]] for s in manifest["shards"]]})
-
-
-def run_stage(
-    name: str,
-    checkpoint: StageCheckpoint,
-    shards: dict[str, tuple[Any, ...]],
-    submit: Callable[[str, tuple[Any, ...]], Any],
-    batch: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """Run the shards a checkpoint lacks, `batch` at a time, then finalize it.
-
-    Returns (manifest, results of the shards run now, skipped).
-    """
-    logger = get_run_logger()
-    if checkpoint.is_complete():
-        logger.info("%s: complete, skipped (%s)", name, checkpoint.store.uri(checkpoint.prefix))
-        return checkpoint.manifest(), [], True
-    done = checkpoint.done_shards()
-    todo = [sid for sid in shards if sid not in done]
-    logger.info("%s: %d shards, %d already done, %d to run", name, len(shards), len(done), len(todo))
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(todo), batch):
-        futures = [submit(sid, shards[sid]) for sid in todo[start : start + batch]]
-        results.extend(f.result() for f in futures)
-    return checkpoint.finalize(expected_shards=shards.keys()), results, False
 
 
 @contextlib.contextmanager
@@ -148,16 +112,10 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     logger.info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
     stages: list[dict[str, Any]] = []
 
-    # 1. crawl: input files → document shards
-    files = crawl.expand_sources(params.corpus)
-    groups = crawl.plan_shards(files, params.files_per_shard)
-    crawl_params = {"inputs": _input_fingerprint(files), "files_per_shard": params.files_per_shard,
-                    "text_field": params.text_field, "min_chars": 1}
-    crawl_shards = {f"{i:05d}": (group,) for i, group in enumerate(groups)}
-    docs_manifest, ran, skipped = run_stage(
-        "crawl", ctx.checkpoint("crawl", crawl_params), crawl_shards,
-        lambda sid, a: crawl.crawl_task.submit(ctx, crawl_params, sid, *a), batch=len(crawl_shards))
-    stages.append(_report("crawl", docs_manifest, ran, skipped))
+    # 1. crawl: input files → document shards, deduplicated across the crawl
+    docs_manifest, crawl_reports = crawl_stages(ctx, params.corpus, params.crawl, params.max_docs, params.seed,
+                                                params.rows_per_bucket)
+    stages.extend(crawl_reports)
 
     # 2. Text-to-Persona: documents → personas (LLM)
     template = load_template("text_to_persona")
@@ -165,7 +123,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
     doc_files = {s["id"]: (s["files"]["data"],) for s in docs_manifest["shards"] if s["rows"].get("data", 0) > 0}
     t2p_base = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
-                "max_doc_chars": params.max_doc_chars, "sampling": sampling, "input": _manifest_digest(docs_manifest)}
+                "max_doc_chars": params.max_doc_chars, "sampling": sampling, "input": manifest_digest(docs_manifest)}
     model = resolve_model(settings)
     t2p_params = {**t2p_base, "model": model}
     t2p_checkpoint = ctx.checkpoint("text_to_persona", t2p_params)
@@ -177,24 +135,14 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             "text_to_persona", t2p_checkpoint, doc_files,
             lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm),
             batch=params.llm_shard_parallelism)
-    stages.append(_report("text_to_persona", personas_manifest, ran, skipped))
+    stages.append(stage_report("text_to_persona", personas_manifest, ran, skipped))
 
-    # 3. exact dedup, two passes: partition by persona_id, then dedup each bucket
-    persona_files = {s["id"]: (s["files"]["data"],) for s in personas_manifest["shards"] if s["rows"].get("data", 0) > 0}
-    total = sum(s["rows"].get("data", 0) for s in personas_manifest["shards"])
-    part_params = {"n_buckets": dedup_exact.bucket_count(total, params.rows_per_bucket), "input": _manifest_digest(personas_manifest)}
-    parts_manifest, ran, skipped = run_stage(
-        "dedup_exact_partition", ctx.checkpoint("dedup_exact_partition", part_params), persona_files,
-        lambda sid, a: dedup_exact.partition_task.submit(ctx, part_params, sid, *a), batch=8)
-    buckets = {b: (fs,) for b, fs in dedup_exact.files_by_bucket(parts_manifest).items()}
-    dedup_params = {"keep": "smallest (persona_id, doc_id, relation, source, persona)", "input": _manifest_digest(parts_manifest)}
-    dedup_manifest, ran, skipped = run_stage(
-        "dedup_exact", ctx.checkpoint("dedup_exact", dedup_params), buckets,
-        lambda sid, a: dedup_exact.dedup_bucket_task.submit(ctx, dedup_params, sid, *a), batch=8)
-    stages.append(_report("dedup_exact", dedup_manifest, ran, skipped))
+    # 3. exact dedup on persona_id, two passes: partition by id, then dedup each bucket
+    dedup_manifest, ran, skipped = run_exact_dedup(ctx, "dedup_exact", personas_manifest, "personas", params.rows_per_bucket)
+    stages.append(stage_report("dedup_exact", dedup_manifest, ran, skipped))
 
     # 4. publish: a new hub version, once per finished run
-    publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": _manifest_digest(dedup_manifest)})
+    publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": manifest_digest(dedup_manifest)})
     if publish_checkpoint.is_complete():
         hub_manifest = publish_checkpoint.manifest()["summary"]["hub_manifest"]
     else:
@@ -226,44 +174,13 @@ def _usage_of(results: list[dict[str, Any]]) -> dict[str, int]:
     return Usage.merge(usages).as_dict()
 
 
-def _report(stage: str, manifest: dict[str, Any], ran: list[dict[str, Any]], skipped: bool) -> dict[str, Any]:
-    totals = manifest["totals"]
-    rejected: dict[str, int] = {}
-    usage: dict[str, int] = {}
-    for shard in manifest["shards"]:
-        extra = shard.get("extra") or {}
-        for reason, n in extra.get("rejected", {}).items():
-            rejected[reason] = rejected.get(reason, 0) + n
-        for key, n in extra.get("usage", {}).items():
-            usage[key] = usage.get(key, 0) + n
-    return {
-        "stage": stage,
-        "skipped": skipped,
-        "shards": totals["shards"],
-        "shards_run": len(ran),
-        "counts": {k: totals[k] for k in ("rows_in", "rows_out", "filtered", "quarantined")},
-        "rejected": rejected,
-        "usage": usage,  # what the stage's shards spent, whichever run made them
-        "_ran": ran,
-    }
-
-
 def summary_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Hub `{summary['hub']}` {summary['version']}: {summary['personas']} personas",
         f"Run `{summary['run_id']}`, model `{summary['model']}`, hub at `{summary['hub_path']}`.",
         "",
-        "| stage | shards (run now) | in | out | filtered | quarantined | rejected by reason | LLM calls | tokens |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *stages_markdown(summary["stages"]),
     ]
-    for s in summary["stages"]:
-        c = s["counts"]
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejected"].items())) or "-"
-        run_now = "skipped" if s["skipped"] else s["shards_run"]
-        u = s["usage"]
-        calls, tokens = (u.get("calls", 0), u.get("total_tokens", 0)) if u else ("-", "-")
-        lines.append(f"| {s['stage']} | {s['shards']} ({run_now}) | {c['rows_in']} | {c['rows_out']} | {c['filtered']} "
-                     f"| {c['quarantined']} | {reasons} | {calls} | {tokens} |")
     u = summary["llm_this_run"]
     lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, "
               f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, {u['failures']} failures."]

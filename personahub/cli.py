@@ -40,7 +40,9 @@ def build(
     llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
     relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: read)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
-    files_per_shard: int = typer.Option(16, help="Input files per crawl shard"),
+    language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
+    max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
+    rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket; documents per LLM shard"),
     show: int = typer.Option(5, help="Personas to print at the end"),
 ) -> None:
     """Build a hub: crawl → Text-to-Persona → dedup → publish a new hub version.
@@ -53,8 +55,10 @@ def build(
     from personahub.tasks.run_context import RunContext
     from personahub.tasks.settings import load_settings
 
-    fields: dict[str, Any] = {"hub": hub, "files_per_shard": files_per_shard, "store": store,
+    fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
                               "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id}
+    if language:
+        fields["crawl"] = {"languages": language}
     if corpus:
         fields["corpus"] = corpus
     if relation:
@@ -64,17 +68,7 @@ def build(
     summary = build_hub(params)
     elapsed = time.monotonic() - started
 
-    for stage in summary["stages"]:
-        c = stage["counts"]
-        state = "skipped (done)" if stage["skipped"] else f"{stage['shards_run']}/{stage['shards']} shards run"
-        typer.echo(f"  {stage['stage']:<16} in {c['rows_in']:>6}  out {c['rows_out']:>6}  filtered {c['filtered']:>5}  "
-                   f"quarantined {c['quarantined']:>5}  [{state}]")
-        if stage["usage"]:
-            u = stage["usage"]
-            typer.echo("  " + " " * 16 + f" LLM: {u.get('calls', 0)} calls, {u.get('cache_hits', 0)} cache hits, "
-                       f"{u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion tokens")
-        if stage["rejected"]:
-            typer.echo("  " + " " * 16 + " rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(stage["rejected"].items())))
+    _print_stages(summary["stages"])
     u = summary["llm_this_run"]
     skipped = sum(s["skipped"] for s in summary["stages"])
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache, "
@@ -88,6 +82,49 @@ def build(
     manifest = st.read_json(f"hubs/{summary['hub']}/{summary['version']}/manifest.json")
     for row in sample_personas(st, manifest, show):
         typer.echo(f"  - [{row['relation']}] {row['persona']}")
+
+
+def _print_stages(stages: list[dict[str, Any]]) -> None:
+    """One line of counts per stage, then its reasons and LLM usage when it has any."""
+    for stage in stages:
+        c = stage["counts"]
+        state = "skipped (done)" if stage["skipped"] else f"{stage['shards_run']}/{stage['shards']} shards run"
+        typer.echo(f"  {stage['stage']:<16} in {c['rows_in']:>6}  out {c['rows_out']:>6}  filtered {c['filtered']:>5}  "
+                   f"quarantined {c['quarantined']:>5}  [{state}]")
+        if stage["usage"]:
+            u = stage["usage"]
+            typer.echo("  " + " " * 16 + f" LLM: {u.get('calls', 0)} calls, {u.get('cache_hits', 0)} cache hits, "
+                       f"{u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion tokens")
+        if stage["reasons"]:
+            typer.echo("  " + " " * 16 + " reasons: " + ", ".join(f"{k} {v}" for k, v in stage["reasons"].items()))
+
+
+@app.command()
+def crawl(
+    sources: list[str] = typer.Argument(..., help="Files, directories, globs (any fsspec URL) or .urls lists"),
+    store: Optional[str] = StoreOpt,
+    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder (default: derived from the parameters, not the sources)"),
+    text_field: str = typer.Option("text", help="Text field of JSONL / Parquet records"),
+    language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only this language (repeatable; default: all)"),
+    min_chars: int = typer.Option(50, help="Shorter documents are filtered"),
+    max_docs: Optional[int] = typer.Option(None, help="Keep a seeded sample of at most this many documents"),
+    seed: int = typer.Option(0, help="Seed of the max_docs sample"),
+) -> None:
+    """Crawl sources into deduplicated document shards (the hub build's first stage, alone).
+
+    Reads text, Markdown, HTML, JSONL(.gz), Parquet and WARC/WET files, and .urls lists fetched
+    politely. Rerunning with new files crawls only those files.
+    """
+    from personahub.flows.crawl import CrawlFlowParams, crawl as crawl_flow
+    from personahub.tasks.crawl import CrawlParams
+
+    params = CrawlFlowParams(
+        sources=sources, store=store, run_id=run_id, max_docs=max_docs, seed=seed,
+        crawl=CrawlParams(text_field=text_field, languages=language or [], min_chars=min_chars),
+    )
+    summary = crawl_flow(params)
+    _print_stages(summary["stages"])
+    typer.echo(f"{summary['documents']} documents at {summary['documents_path']}")
 
 
 @app.command()

@@ -14,11 +14,12 @@ Every shard's counts must reconcile: rows_in = rows_out + filtered + quarantined
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePath
@@ -161,6 +162,28 @@ def _sum_numbers(dicts: Iterable[Mapping[str, Any]]) -> dict[str, int | float]:
     return out
 
 
+class ShardWriter:
+    """The open files of one shard being written (see StageCheckpoint.open_shard)."""
+
+    def __init__(self, shard_id: str, writers: Mapping[str, Any], schemas: Mapping[str, pa.Schema]):
+        self.shard_id = shard_id
+        self._writers = writers
+        self._schemas = schemas
+        self.rows: dict[str, int] = {kind: 0 for kind in writers}
+        self.counts: ShardCounts | None = None
+        self.extra: dict[str, Any] = {}
+        self.entry: ShardEntry | None = None
+
+    def write(self, kind: str, batch: pa.Table | list[dict[str, Any]]) -> None:
+        """Append rows (a table or a list of row dicts) to the shard's `kind` file."""
+        if kind not in self._writers:
+            raise KeyError(f"shard {self.shard_id} has no {kind!r} output (opened: {sorted(self._writers)})")
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch, schema=self._schemas[kind])
+        if table.num_rows:
+            self._writers[kind].write_table(table.cast(self._schemas[kind]) if table.schema != self._schemas[kind] else table)
+        self.rows[kind] += table.num_rows
+
+
 # --- the checkpoint ----------------------------------------------------------------------------
 class StageCheckpoint:
     """Checkpoint of one stage of one run, bound to the stage's parameters."""
@@ -241,36 +264,54 @@ class StageCheckpoint:
         must equal counts.quarantined, so what a stage reports is what it wrote. No tables at all is
         allowed: a shard whose rows were all filtered out is still done.
         """
-        _check_name(shard_id, "shard_id")
-        self._check_tables(shard_id, tables, counts)
-        self._invalidate_previous(shard_id)
-        files: dict[str, str] = {}
-        rows: dict[str, int] = {}
-        for kind, table in sorted(tables.items()):
-            files[kind] = self.shard_path(shard_id, kind)
-            rows[kind] = table.num_rows
-            self.store.write_parquet(files[kind], table)
-        entry = ShardEntry(
-            shard_id=shard_id,
-            files=files,
-            rows=rows,
-            counts=counts,
-            params_hash=self.params_hash,
-            extra=dict(extra or {}),
-            finished_at=_now(),
-        )
-        self.store.write_json(self.entry_path(shard_id), entry.to_json())  # last: the commit point
-        return entry
-
-    def _check_tables(self, shard_id: str, tables: Mapping[str, pa.Table], counts: ShardCounts) -> None:
         for kind in tables:
             _check_name(kind, "table kind", _KIND)
         counts.check(f"shard {shard_id} counts")
+        with self.open_shard(shard_id, {kind: t.schema for kind, t in tables.items()}) as shard:
+            for kind, table in tables.items():
+                shard.write(kind, table)
+            shard.counts, shard.extra = counts, dict(extra or {})
+        return shard.entry
+
+    @contextlib.contextmanager
+    def open_shard(self, shard_id: str, schemas: Mapping[str, pa.Schema]) -> Iterator["ShardWriter"]:
+        """Stream a shard's tables batch by batch; the entry is written when the block ends.
+
+        The caller writes batches with `shard.write(kind, table_or_rows)` and sets `shard.counts`
+        (and optionally `shard.extra`) before leaving the block. If the block raises, no file is
+        committed and the shard stays not done.
+        """
+        _check_name(shard_id, "shard_id")
+        for kind in schemas:
+            _check_name(kind, "table kind", _KIND)
+        self._invalidate_previous(shard_id)
+        files = {kind: self.shard_path(shard_id, kind) for kind in sorted(schemas)}
+        with contextlib.ExitStack() as stack:
+            writers = {kind: stack.enter_context(self.store.parquet_writer(files[kind], schemas[kind])) for kind in files}
+            shard = ShardWriter(shard_id, writers, {k: schemas[k] for k in files})
+            yield shard
+            if shard.counts is None:
+                raise CheckpointError(f"shard {shard_id}: counts were not set before the shard was closed")
+            self._check_rows(shard_id, shard.rows, shard.counts)
+        # Every file is closed (committed) here; the entry is the commit point of the shard.
+        shard.entry = ShardEntry(
+            shard_id=shard_id,
+            files=files,
+            rows=dict(shard.rows),
+            counts=shard.counts,
+            params_hash=self.params_hash,
+            extra=dict(shard.extra),
+            finished_at=_now(),
+        )
+        self.store.write_json(self.entry_path(shard_id), shard.entry.to_json())
+
+    @staticmethod
+    def _check_rows(shard_id: str, rows: Mapping[str, int], counts: ShardCounts) -> None:
+        counts.check(f"shard {shard_id} counts")
         expected = {"data": counts.rows_out, "quarantine": counts.quarantined}
         for kind, want in expected.items():
-            if kind in tables and tables[kind].num_rows != want:
-                got = tables[kind].num_rows
-                raise CountsMismatch(f"shard {shard_id}: the {kind!r} table has {got} rows but counts say {want}")
+            if kind in rows and rows[kind] != want:
+                raise CountsMismatch(f"shard {shard_id}: the {kind!r} table has {rows[kind]} rows but counts say {want}")
 
     def _invalidate_previous(self, shard_id: str) -> None:
         """Before overwriting a shard, drop what vouches for its old files.

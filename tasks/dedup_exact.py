@@ -1,14 +1,17 @@
-"""Exact dedup of personas on persona_id (the hash of the normalised text).
+"""Exact dedup on a content hash: personas on persona_id, documents on doc_id.
 
-Two passes keep memory bounded by one bucket rather than the whole hub, the same shape the MinHash
-stage uses: (1) each input shard is split into buckets by persona_id; (2) each bucket is deduplicated
-on its own, since equal ids always land in the same bucket. One deterministic representative is kept
-per id (smallest doc_id, then relation, source, text) and every other row is recorded as a duplicate.
+Two passes keep memory bounded by one bucket rather than the whole hub or crawl, the same shape the
+MinHash stage uses: (1) each input shard is split into buckets by its key; (2) each bucket is
+deduplicated on its own, since equal keys always land in the same bucket. One deterministic
+representative is kept per key (the first in a fixed column order, whatever the input order) and
+every other row is recorded as a duplicate of it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -20,13 +23,24 @@ from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.store import Store
 
-KEEP_ORDER = [
-    ("persona_id", "ascending"),
-    ("doc_id", "ascending"),
-    ("relation", "ascending"),
-    ("source", "ascending"),
-    ("persona", "ascending"),  # equal ids may differ in case/spacing: the choice must not depend on input order
-]
+
+@dataclass(frozen=True)
+class DedupSpec:
+    key: str  # rows with equal values here are duplicates (a hex hash, so its bits are uniform)
+    order: tuple[str, ...]  # ascending tie-break: the first row in this order is kept
+    kept_refs: tuple[str, ...]  # columns of the kept row recorded beside each duplicate as kept_<col>
+    dupe_columns: tuple[str, ...]  # columns of a duplicate kept in the duplicates table
+
+
+SPECS = {
+    # Equal persona ids may differ in case/spacing: the text is in the order so the choice is stable.
+    "personas": DedupSpec("persona_id", ("doc_id", "relation", "source", "persona"), ("doc_id",),
+                          ("persona_id", "persona", "doc_id", "relation", "source")),
+    "documents": DedupSpec("doc_id", ("source", "record"), ("source", "record"), ("doc_id", "source", "record", "url")),
+}
+
+# A filter applied to a bucket before dedup: returns the rows kept and {reason: rows removed}.
+BucketFilter = Callable[[pa.Table], tuple[pa.Table, dict[str, int]]]
 
 
 def bucket_count(total_rows: int, rows_per_bucket: int) -> int:
@@ -37,47 +51,57 @@ def bucket_name(bucket: int) -> str:
     return f"b{bucket:05d}"
 
 
-def bucket_of(persona_ids: pa.Array, n_buckets: int) -> list[int]:
-    # persona_id is a hex sha256 prefix, so its leading bits are uniformly distributed.
-    return [int(pid[:8], 16) % n_buckets for pid in persona_ids.to_pylist()]
+def bucket_of(keys: pa.Array, n_buckets: int) -> list[int]:
+    return [int(key[:8], 16) % n_buckets for key in keys.to_pylist()]
 
 
 def partition_shard(
-    checkpoint: StageCheckpoint, store: Store, shard_id: str, personas_file: str, n_buckets: int
+    checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, n_buckets: int, key: str
 ) -> dict[str, Any]:
-    """Pass 1: split one persona shard into per-bucket tables (written as kinds b00000, b00001, …)."""
-    table = store.read_parquet(personas_file)
-    buckets = pa.array(bucket_of(table.column("persona_id"), n_buckets), type=pa.int32())
-    tables = {}
-    for bucket in sorted(set(buckets.to_pylist())):
-        tables[bucket_name(bucket)] = table.filter(pc.equal(buckets, bucket))
+    """Pass 1: split one shard into per-bucket tables (written as kinds b00000, b00001, …)."""
+    table = store.read_parquet(source_file)
+    buckets = pa.array(bucket_of(table.column(key), n_buckets), type=pa.int32())
+    tables = {bucket_name(b): table.filter(pc.equal(buckets, b)) for b in sorted(set(buckets.to_pylist()))}
     counts = ShardCounts(rows_in=table.num_rows, rows_out=table.num_rows)
     checkpoint.write_shard(shard_id, tables, counts)
     return {"shard_id": shard_id, "counts": counts.__dict__}
 
 
-def dedup_bucket(checkpoint: StageCheckpoint, store: Store, bucket_id: str, files: list[str]) -> dict[str, Any]:
-    """Pass 2: keep one row per persona_id within a bucket, record the rest as duplicates."""
-    parts = [store.read_parquet(f) for f in files]
-    table = pa.concat_tables(parts) if parts else None
-    if table is None or table.num_rows == 0:
-        kept = dupes = pa.table({})
-        rows_in = 0
-    else:
-        table = table.sort_by(KEEP_ORDER)
-        ids = table.column("persona_id").to_pylist()
-        first = [i == 0 or ids[i] != ids[i - 1] for i in range(len(ids))]
-        mask = pa.array(first)
-        kept = table.filter(mask)
-        kept_doc = dict(zip(kept.column("persona_id").to_pylist(), kept.column("doc_id").to_pylist()))
-        dupes = table.filter(pc.invert(mask)).select(["persona_id", "persona", "doc_id", "relation", "source"])
-        dupes = dupes.append_column(
-            "kept_doc_id", pa.array([kept_doc[pid] for pid in dupes.column("persona_id").to_pylist()], pa.string())
-        )
-        rows_in = table.num_rows
-    counts = ShardCounts(rows_in=rows_in, rows_out=kept.num_rows, filtered=dupes.num_rows)
-    checkpoint.write_shard(bucket_id, {"data": kept, "duplicates": dupes}, counts)
-    return {"shard_id": bucket_id, "counts": counts.__dict__}
+def split_first(table: pa.Table, spec: DedupSpec) -> tuple[pa.Table, pa.Table]:
+    """(first row per key, every other row with kept_<ref> columns), independent of input order."""
+    table = table.sort_by([(spec.key, "ascending")] + [(c, "ascending") for c in spec.order])
+    keys = table.column(spec.key).to_pylist()
+    mask = pa.array([i == 0 or keys[i] != keys[i - 1] for i in range(len(keys))], pa.bool_())
+    kept = table.filter(mask)
+    dupes = table.filter(pc.invert(mask)).select(list(spec.dupe_columns))
+    kept_rows = {row[spec.key]: row for row in kept.select([spec.key, *spec.kept_refs]).to_pylist()}
+    dupe_keys = dupes.column(spec.key).to_pylist()
+    for ref in spec.kept_refs:
+        values = [kept_rows[k][ref] for k in dupe_keys]
+        dupes = dupes.append_column(f"kept_{ref}", pa.array(values, type=kept.schema.field(ref).type))
+    return kept, dupes
+
+
+def dedup_bucket(
+    checkpoint: StageCheckpoint,
+    store: Store,
+    bucket_id: str,
+    files: list[str],
+    spec: DedupSpec,
+    prefilter: BucketFilter | None = None,
+) -> dict[str, Any]:
+    """Pass 2: keep one row per key within a bucket, record the rest as duplicates."""
+    table = pa.concat_tables([store.read_parquet(f) for f in files])
+    rows_in = table.num_rows
+    reasons: dict[str, int] = {}
+    if prefilter is not None:
+        table, reasons = prefilter(table)
+    kept, dupes = split_first(table, spec)
+    if dupes.num_rows:
+        reasons["duplicate"] = dupes.num_rows
+    counts = ShardCounts(rows_in=rows_in, rows_out=kept.num_rows, filtered=rows_in - kept.num_rows)
+    checkpoint.write_shard(bucket_id, {"data": kept, "duplicates": dupes}, counts, extra={"reasons": reasons})
+    return {"shard_id": bucket_id, "counts": counts.__dict__, "reasons": reasons}
 
 
 def files_by_bucket(partition_manifest: dict[str, Any]) -> dict[str, list[str]]:
@@ -90,13 +114,15 @@ def files_by_bucket(partition_manifest: dict[str, Any]) -> dict[str, list[str]]:
 
 
 @task(name="dedup-exact-partition", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def partition_task(ctx: RunContext, params: dict[str, Any], shard_id: str, personas_file: str) -> dict[str, Any]:
-    """Prefect task: pass 1 for one persona shard."""
-    checkpoint = ctx.checkpoint("dedup_exact_partition", params)
-    return partition_shard(checkpoint, ctx.store, shard_id, personas_file, params["n_buckets"])
+def partition_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str) -> dict[str, Any]:
+    """Prefect task: pass 1 for one shard (params: n_buckets, spec)."""
+    spec = SPECS[params["spec"]]
+    return partition_shard(ctx.checkpoint(stage, params), ctx.store, shard_id, source_file, params["n_buckets"], spec.key)
 
 
 @task(name="dedup-exact-bucket", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def dedup_bucket_task(ctx: RunContext, params: dict[str, Any], bucket_id: str, files: list[str]) -> dict[str, Any]:
-    """Prefect task: pass 2 for one bucket."""
-    return dedup_bucket(ctx.checkpoint("dedup_exact", params), ctx.store, bucket_id, files)
+def dedup_bucket_task(
+    ctx: RunContext, stage: str, params: dict[str, Any], bucket_id: str, files: list[str], prefilter: BucketFilter | None = None
+) -> dict[str, Any]:
+    """Prefect task: pass 2 for one bucket (params: spec)."""
+    return dedup_bucket(ctx.checkpoint(stage, params), ctx.store, bucket_id, files, SPECS[params["spec"]], prefilter)

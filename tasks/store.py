@@ -122,6 +122,39 @@ class Store:
         self.write_bytes(rel, data)
         return len(data)
 
+    @contextlib.contextmanager
+    def parquet_writer(self, rel: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """Stream row groups into one Parquet object, so memory holds a batch, not the file.
+
+        Atomic like write_bytes: on local disk a temporary file renamed at the end; on an object
+        store one multipart upload that becomes visible only when it completes, and is aborted
+        (never committed) if the block raises.
+        """
+        path = self.full(rel)
+        if self.is_local:
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+            try:
+                with pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION) as writer:
+                    yield writer
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(tmp)
+                raise
+            return
+        fh = self.fs.open(path, "wb")
+        try:
+            with pq.ParquetWriter(fh, schema, compression=PARQUET_COMPRESSION) as writer:
+                yield writer
+        except BaseException:
+            discard = getattr(fh, "discard", None)  # s3fs: abort the multipart upload
+            if discard is not None:
+                discard()
+            raise
+        fh.close()
+
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.full(rel), "rb") as fh:
             return pq.read_table(fh, columns=columns)

@@ -198,9 +198,9 @@ async def text_to_persona_shard(
             "quarantine": pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA),
         },
         counts,
-        extra={"usage": usage, "rejected": reasons},
+        extra={"usage": usage, "reasons": reasons},
     )
-    return {"shard_id": shard_id, "counts": counts.__dict__, "usage": usage, "rejected": reasons}
+    return {"shard_id": shard_id, "counts": counts.__dict__, "usage": usage, "reasons": reasons}
 
 
 @task(name="text-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

@@ -22,11 +22,11 @@ def test_build_hub_on_the_embedded_model(tmp_path: Path, embedded_model: tuple) 
     corpus.mkdir()
     for name, text in DOCS.items():
         (corpus / name).write_text(text)
-    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), files_per_shard=2)
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"))
 
     summary = build_hub(params)
 
-    crawl, t2p, dedup = summary["stages"]
+    crawl, _crawl_dedup, t2p, dedup = summary["stages"]
     assert crawl["counts"]["rows_out"] == 3
     assert t2p["counts"]["rows_in"] == 3
     assert t2p["counts"]["rows_out"] + t2p["counts"]["quarantined"] == 3  # every answer kept or quarantined

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.crawl import crawl_shard, doc_id_for, expand_sources, plan_shards
+from personahub.tasks.crawl import CrawlParams, crawl_shard, doc_id_for, expand_sources, plan_shards
 from personahub.tasks.crawl.clean import normalise_text
 from personahub.tasks.crawl.readers import ReaderOptions, read_records
 from personahub.tasks.store import Store
@@ -25,6 +25,19 @@ def jsonl(rows: list) -> bytes:
 
 def doc_id(text: str) -> str:
     return doc_id_for(normalise_text(text))
+
+
+def crawl_files(checkpoint: StageCheckpoint, files: list[str], params: CrawlParams) -> dict[str, int]:
+    """Crawl each file as its own shard (as the flow does) and sum the counts."""
+    totals = {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
+    for shard_id, url in plan_shards(files).items():
+        for key, n in crawl_shard(checkpoint, shard_id, url, params)["counts"].items():
+            totals[key] += n
+    return totals
+
+
+def shard_rows(store: Store, checkpoint: StageCheckpoint, kind: str) -> list[dict]:
+    return [r for e in checkpoint.done_shards().values() for r in store.read_parquet(e.files[kind]).to_pylist()]
 
 
 def big_jsonl(n: int, seed: int = 0) -> bytes:
@@ -97,11 +110,11 @@ def test_binary_txt_is_undecodable(corpus: Path) -> None:
     assert rec.text is None and rec.error.startswith("undecodable")
 
 
-def test_invalid_utf8_txt_is_undecodable(tmp_path: Path) -> None:
+def test_latin1_txt_is_decoded(tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
-    path.write_bytes("caf\u00e9".encode("latin-1"))
+    path.write_bytes("Un caf\u00e9 cr\u00e8me, s'il vous pla\u00eet.".encode("latin-1"))
     (rec,) = read_records(str(path))
-    assert rec.error.startswith("undecodable: UnicodeDecodeError")
+    assert rec.error is None and rec.text == "Un caf\u00e9 cr\u00e8me, s'il vous pla\u00eet."
 
 
 def test_truncated_gzip_keeps_earlier_records(tmp_path: Path) -> None:
@@ -153,8 +166,20 @@ def test_expand_missing_path_raises(corpus: Path) -> None:
         expand_sources([str(corpus / "*.nothing")])
 
 
-def test_plan_shards() -> None:
-    assert plan_shards(["a", "b", "c", "d", "e"], 2) == [["a", "b"], ["c", "d"], ["e"]]
+def test_plan_shards_one_per_file_stable_ids(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("first")
+    b.write_text("second")
+    plan = plan_shards([str(a), str(b)])
+    assert sorted(plan.values()) == [str(a), str(b)]
+    assert plan == plan_shards([str(b), str(a)]), "ids do not depend on the order given"
+    c = tmp_path / "c.txt"
+    c.write_text("third")
+    with_c = plan_shards([str(a), str(b), str(c)])
+    assert {k: v for k, v in with_c.items() if v != str(c)} == plan, "a new file leaves the other shards alone"
+    b.write_text("second, edited")
+    assert plan_shards([str(a), str(b)])[next(k for k, v in plan.items() if v == str(a))] == str(a)
+    assert set(plan_shards([str(a), str(b)])) != set(plan), "a changed file gets a new shard id"
 
 
 # --- doc ids -----------------------------------------------------------------------------------
@@ -171,20 +196,16 @@ def test_doc_id_deterministic() -> None:
 def test_crawl_shard_writes_data_and_quarantine(store: Store, corpus: Path) -> None:
     (corpus / "crlf.txt").write_bytes(b"Plain text document.\r\nSecond line.\r\n")
     files = expand_sources([str(corpus)])
-    checkpoint = StageCheckpoint(store, "run1", "crawl", {"text_field": "text", "min_chars": 1})
-    out = crawl_shard(checkpoint, "s00000", files)
-    counts = out["counts"]
-    # 5 text files (1 record each) + 6 JSONL records + 2 gzip records
+    checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 1})
+    counts = crawl_files(checkpoint, files, CrawlParams(min_chars=1))
+    # 5 text files (1 record each) + 6 JSONL records + 2 gzip records; crlf.txt repeats plain.txt
+    # within its own shard only, so both are kept here (the crawl_dedup pass removes the repeat)
     assert counts == {"rows_in": 13, "rows_out": 7, "filtered": 2, "quarantined": 4}
-    assert counts["rows_in"] == counts["rows_out"] + counts["filtered"] + counts["quarantined"]
 
-    entry = checkpoint.done_shards()["s00000"]
-    assert entry.extra["files"] == files
-    docs = store.read_parquet(entry.files["data"]).to_pylist()
-    quarantine = store.read_parquet(entry.files["quarantine"]).to_pylist()
+    docs = shard_rows(store, checkpoint, "data")
+    quarantine = shard_rows(store, checkpoint, "quarantine")
     assert len(docs) == 7 and len(quarantine) == 4
-
-    by_name = {}
+    by_name: dict[str, list[dict]] = {}
     for d in docs:
         by_name.setdefault(Path(d["source"]).name, []).append(d)
     assert by_name["notes.md"][0]["title"] == "The Title"
@@ -194,7 +215,7 @@ def test_crawl_shard_writes_data_and_quarantine(store: Store, corpus: Path) -> N
     for d in docs:
         assert d["doc_id"] == doc_id_for(d["text"])
         assert d["n_bytes"] == len(d["text"].encode())
-        assert d["fetched_at"]
+        assert d["fetched_at"] and d["language"]
 
     reasons = sorted((Path(q["source"]).name, q["record"], q["reason"].split(":")[0]) for q in quarantine)
     assert reasons == [
@@ -203,9 +224,11 @@ def test_crawl_shard_writes_data_and_quarantine(store: Store, corpus: Path) -> N
         ("records.jsonl", 2, "no_text"),
         ("records.jsonl", 3, "invalid_json"),
     ]
-
-    manifest = checkpoint.finalize(["s00000"])
-    assert manifest["totals"]["rows_in"] == 13
+    filtered = {}
+    for entry in checkpoint.done_shards().values():
+        for code, n in entry.extra["reasons"].items():
+            filtered[code] = filtered.get(code, 0) + n
+    assert filtered == {"undecodable": 1, "invalid_json": 2, "no_text": 1, "empty": 2}
 
 
 def test_crawl_shard_truncated_gzip_counts(store: Store, tmp_path: Path) -> None:
@@ -213,7 +236,7 @@ def test_crawl_shard_truncated_gzip_counts(store: Store, tmp_path: Path) -> None
     path = tmp_path / "cut.jsonl.gz"
     path.write_bytes(data[: len(data) // 2])
     checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 1})
-    counts = crawl_shard(checkpoint, "s00000", [str(path)])["counts"]
+    counts = crawl_shard(checkpoint, "s00000", str(path), CrawlParams(min_chars=1))["counts"]
     assert counts["quarantined"] == 1 and counts["filtered"] == 0
     assert 10 < counts["rows_out"] < 100
     assert counts["rows_in"] == counts["rows_out"] + 1
@@ -226,7 +249,7 @@ def test_min_chars_filters_short_documents(tmp_path: Path) -> None:
     (tmp_path / "long.txt").write_text("long enough document")
     store = Store(str(tmp_path / "store"))
     checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 10})
-    counts = crawl_shard(checkpoint, "s0", sorted(str(p) for p in tmp_path.glob("*.txt")), min_chars=10)["counts"]
+    counts = crawl_files(checkpoint, sorted(str(p) for p in tmp_path.glob("*.txt")), CrawlParams(min_chars=10))
     assert counts == {"rows_in": 2, "rows_out": 1, "filtered": 1, "quarantined": 0}
 
 
@@ -244,11 +267,11 @@ def test_crawl_shared_data(tmp_path: Path) -> None:
 
     store = Store(str(tmp_path / "store"))
     checkpoint = StageCheckpoint(store, "run1", "crawl", {"min_chars": 1})
-    counts = crawl_shard(checkpoint, "s00000", files)["counts"]
+    counts = crawl_files(checkpoint, files, CrawlParams())
     assert counts["rows_out"] > 0
     assert counts["rows_in"] == counts["rows_out"] + counts["filtered"] + counts["quarantined"]
 
-    docs = store.read_parquet(checkpoint.shard_path("s00000"), columns=["source", "doc_id", "n_bytes"]).to_pylist()
+    docs = shard_rows(store, checkpoint, "data")
     per_source: dict[str, int] = {}
     for d in docs:
         per_source[d["source"]] = per_source.get(d["source"], 0) + 1

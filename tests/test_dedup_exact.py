@@ -10,6 +10,7 @@ import pytest
 
 from personahub.tasks.checkpoint import StageCheckpoint
 from personahub.tasks.dedup_exact import (
+    SPECS,
     bucket_count,
     bucket_name,
     bucket_of,
@@ -83,12 +84,12 @@ def run_dedup(store: Store, shards: list[list[dict]], run_id: str) -> tuple[dict
         inputs.append(path)
     partition = StageCheckpoint(store, run_id, "dedup_exact_partition", {"n_buckets": N_BUCKETS})
     for i, path in enumerate(inputs):
-        out = partition_shard(partition, store, f"s{i:05d}", path, N_BUCKETS)
+        out = partition_shard(partition, store, f"s{i:05d}", path, N_BUCKETS, "persona_id")
         assert out["counts"]["rows_in"] == out["counts"]["rows_out"] == len(shards[i])
     manifest = partition.finalize([f"s{i:05d}" for i in range(len(inputs))])
     buckets = files_by_bucket(manifest)
     dedup = StageCheckpoint(store, run_id, "dedup_exact", {"n_buckets": N_BUCKETS})
-    results = [dedup_bucket(dedup, store, bucket, files) for bucket, files in buckets.items()]
+    results = [dedup_bucket(dedup, store, bucket, files, SPECS["personas"]) for bucket, files in buckets.items()]
     final = dedup.finalize(list(buckets))
     kept = pa.concat_tables(store.read_parquet(p) for p in dedup.files("data"))
     dupes = pa.concat_tables(store.read_parquet(p) for p in dedup.files("duplicates") if store.read_parquet(p).num_rows)
@@ -174,7 +175,7 @@ def test_partition_puts_equal_ids_in_one_bucket(tmp_path) -> None:
     rows = [row(f"A persona number {i % 7} who cares.", f"d{i:03d}") for i in range(40)]
     store.write_parquet("in.parquet", pa.Table.from_pylist(rows, schema=PERSONA_SCHEMA))
     checkpoint = StageCheckpoint(store, "run1", "part", {"n_buckets": N_BUCKETS})
-    partition_shard(checkpoint, store, "s0", "in.parquet", N_BUCKETS)
+    partition_shard(checkpoint, store, "s0", "in.parquet", N_BUCKETS, "persona_id")
     entry = checkpoint.done_shards()["s0"]
     seen: dict[str, str] = {}
     total = 0
@@ -187,11 +188,18 @@ def test_partition_puts_equal_ids_in_one_bucket(tmp_path) -> None:
     assert total == 40 and len(seen) == 7
 
 
-def test_dedup_empty_bucket(tmp_path) -> None:
+def test_documents_spec_keeps_first_source_and_records_it(tmp_path) -> None:
     store = Store(str(tmp_path / "store"))
-    checkpoint = StageCheckpoint(store, "run1", "dedup_exact", {})
-    out = dedup_bucket(checkpoint, store, "b00000", [])
-    assert out["counts"] == {"rows_in": 0, "rows_out": 0, "filtered": 0, "quarantined": 0}
+    rows = [{"doc_id": "ab" * 10, "source": "b.txt", "record": 0, "url": None, "text": "x"},
+            {"doc_id": "ab" * 10, "source": "a.txt", "record": 3, "url": "https://e.org", "text": "x"},
+            {"doc_id": "cd" * 10, "source": "c.txt", "record": 0, "url": None, "text": "y"}]
+    store.write_parquet("docs.parquet", pa.Table.from_pylist(rows))
+    checkpoint = StageCheckpoint(store, "run1", "crawl_dedup", {})
+    out = dedup_bucket(checkpoint, store, "b00000", ["docs.parquet"], SPECS["documents"])
+    assert out["counts"] == {"rows_in": 3, "rows_out": 2, "filtered": 1, "quarantined": 0}
+    assert out["reasons"] == {"duplicate": 1}
+    (dupe,) = store.read_parquet(checkpoint.shard_path("b00000", "duplicates")).to_pylist()
+    assert (dupe["source"], dupe["kept_source"], dupe["kept_record"]) == ("b.txt", "a.txt", 3)
 
 
 @pytest.mark.parametrize("n_buckets", [1, 3])
@@ -200,9 +208,9 @@ def test_bucket_count_does_not_change_result(tmp_path, n_buckets: int) -> None:
     rows = [r for s in planted_shards() for r in s]
     store.write_parquet("in.parquet", pa.Table.from_pylist(rows, schema=PERSONA_SCHEMA))
     part = StageCheckpoint(store, "run1", "part", {"n": n_buckets})
-    partition_shard(part, store, "s0", "in.parquet", n_buckets)
+    partition_shard(part, store, "s0", "in.parquet", n_buckets, "persona_id")
     dedup = StageCheckpoint(store, "run1", "dedup", {"n": n_buckets})
     kept = 0
     for bucket, files in files_by_bucket(part.finalize()).items():
-        kept += dedup_bucket(dedup, store, bucket, files)["counts"]["rows_out"]
+        kept += dedup_bucket(dedup, store, bucket, files, SPECS["personas"])["counts"]["rows_out"]
     assert kept == 30

@@ -172,7 +172,7 @@ def test_text_to_persona_shard(tmp_path: Path) -> None:
         counts = out["counts"]
         assert counts == {"rows_in": 8, "rows_out": 2, "filtered": 0, "quarantined": 6}
         assert counts["rows_in"] == counts["rows_out"] + counts["filtered"] + counts["quarantined"]
-        assert out["rejected"] == {"llm_error": 2, "unparseable": 2, "too_short": 2}
+        assert out["reasons"] == {"llm_error": 2, "unparseable": 2, "too_short": 2}
         assert out["usage"]["calls"] == 8 and out["usage"]["failures"] == 2
 
         entry = checkpoint.done_shards()["s00000"]
@@ -210,7 +210,7 @@ def test_text_to_persona_shard(tmp_path: Path) -> None:
         # A rerun answers every paid-for call from the cache; only the failed calls go out again.
         again = run(run_shard(server, store, checkpoint, "runs/r1/crawl/data/s00000.parquet"))
         assert server.calls == 10
-        assert again["counts"] == counts and again["rejected"] == out["rejected"]
+        assert again["counts"] == counts and again["reasons"] == out["reasons"]
         assert again["usage"]["cache_hits"] == 6 and again["usage"]["calls"] == 2
         personas2 = store.read_parquet(entry.files["data"]).to_pylist()
         assert all(p["cached"] for p in personas2)

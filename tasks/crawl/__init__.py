@@ -1,23 +1,33 @@
-"""Crawl: turn input files into document shards with provenance.
+"""Crawl: every source a user has, streamed into document shards with provenance.
 
-Foundation scope: plain text, Markdown and JSON Lines (optionally .gz) on any fsspec path, with
-globs. Every record becomes a document row, a filtered row (empty) or a quarantined row (with the
-reason); nothing disappears. Files are read one record at a time, so memory is bounded by the shard.
+Pass 1 (stage "crawl") reads one input file per shard: a reader turns it into Records (readers.py,
+fetch.py for URL lists), clean.py normalises and filters each text, and the shard's documents and
+quarantined rows are streamed to Parquet in batches, so memory is bounded by a batch and a record.
+A shard's id hashes the file's path, size and modification time, so a rerun with one new file runs
+one new shard. Pass 2 (stage "crawl_dedup", in the flow) removes exact duplicates across the whole
+crawl by doc_id and applies the optional seeded sample (`max_docs`).
+
+Every input record ends up kept, filtered (with a reason code) or quarantined (with its reason):
+rows_in = rows_out + filtered + quarantined, per shard and per stage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.crawl.clean import normalise_text
+from personahub.tasks.crawl.clean import CleanOptions, clean_document
 from personahub.tasks.crawl.readers import ReaderOptions, read_records, supported_suffixes
 from personahub.tasks.run_context import RunContext
 
@@ -27,24 +37,51 @@ DOCUMENT_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("record", pa.int64()),
         ("source_id", pa.string()),
+        ("url", pa.string()),
         ("title", pa.string()),
+        ("language", pa.string()),
+        ("language_score", pa.float32()),
         ("text", pa.string()),
         ("n_bytes", pa.int64()),
         ("fetched_at", pa.string()),
+        ("metadata", pa.string()),  # JSON object of the fields kept from the record
     ]
 )
 QUARANTINE_SCHEMA = pa.schema(
-    [("source", pa.string()), ("record", pa.int64()), ("reason", pa.string()), ("sample", pa.string())]
+    [("source", pa.string()), ("record", pa.int64()), ("url", pa.string()), ("reason", pa.string()), ("sample", pa.string())]
 )
 
 
+class CrawlParams(BaseModel):
+    """What the crawl computes (sources aside): changing any of these recrawls every file."""
+
+    text_field: str = Field("text", description="Text field of JSONL / Parquet records")
+    languages: list[str] = Field(default_factory=list, description="Keep only these ISO 639-1 languages (empty = all)")
+    min_chars: int = Field(50, ge=0, description="Shorter documents are filtered (too_short)")
+    max_chars: int = Field(5_000_000, ge=1, description="Longer documents are quarantined (over_cap)")
+    max_record_bytes: int = Field(10_000_000, ge=1024, description="Larger raw records are quarantined unread")
+    strip_gutenberg: bool = Field(True, description="Remove Project Gutenberg headers and licences")
+    strip_boilerplate: bool = Field(True, description="Remove short cookie/share/navigation lines")
+    batch_rows: int = Field(2_000, ge=1, description="Documents per Parquet row group (bounds memory)")
+
+    def reader_options(self) -> ReaderOptions:
+        return ReaderOptions(text_field=self.text_field, max_record_bytes=self.max_record_bytes)
+
+    def clean_options(self) -> CleanOptions:
+        return CleanOptions(min_chars=self.min_chars, max_chars=self.max_chars, languages=tuple(self.languages),
+                            strip_gutenberg=self.strip_gutenberg, strip_boilerplate=self.strip_boilerplate)
+
+
 def expand_sources(sources: list[str]) -> list[str]:
-    """Every supported file under the given paths/globs/directories, as full URLs, sorted."""
+    """Every supported file under the given paths, globs and directories (any fsspec URL), sorted."""
     found: set[str] = set()
+    suffixes = supported_suffixes()
     for source in sources:
         fs, _ = fsspec.core.url_to_fs(source)
         protocol = fsspec.core.split_protocol(source)[0]
         matches = fs.glob(source) if any(ch in source for ch in "*?[") else [fs._strip_protocol(source)]
+        if not matches:
+            raise FileNotFoundError(f"crawl source {source!r} matches nothing")
         for match in matches:
             if fs.isdir(match):
                 files = fs.find(match)
@@ -53,68 +90,131 @@ def expand_sources(sources: list[str]) -> list[str]:
             else:
                 raise FileNotFoundError(f"crawl source {source!r} matches nothing")
             for path in files:
-                if path.lower().endswith(supported_suffixes()) and not path.rsplit("/", 1)[-1].startswith("."):
-                    found.add(f"{protocol}://{path}" if protocol else path)
+                if path.lower().endswith(suffixes) and not path.rsplit("/", 1)[-1].startswith("."):
+                    found.add(f"{protocol}://{path}" if protocol and protocol != "file" else path)
     if not found:
-        raise FileNotFoundError(f"no supported files ({', '.join(supported_suffixes())}) under {sources}")
+        raise FileNotFoundError(f"no supported files ({', '.join(suffixes)}) under {sources}")
     return sorted(found)
+
+
+def plan_shards(files: list[str]) -> dict[str, str]:
+    """Shard id → file: one shard per file, its id from the file's path, size and mtime."""
+    shards = {}
+    for url in files:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
+        shards[hashlib.sha256(f"{url}\0{info.get('size')}\0{stamp}".encode()).hexdigest()[:20]] = url
+    return dict(sorted(shards.items(), key=lambda kv: kv[1]))
 
 
 def doc_id_for(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
 
 
-def plan_shards(files: list[str], files_per_shard: int) -> list[list[str]]:
-    """Group the sorted file list into crawl shards (each one task)."""
-    return [files[i : i + files_per_shard] for i in range(0, len(files), files_per_shard)]
+def _reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
 
 
-def crawl_shard(
-    checkpoint: StageCheckpoint,
-    shard_id: str,
-    files: list[str],
-    *,
-    text_field: str = "text",
-    min_chars: int = 1,
-) -> dict[str, Any]:
-    """Read the shard's files and write its document and quarantine tables."""
-    fetched_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: CrawlParams) -> dict[str, Any]:
+    """Read one file into a document shard and a quarantine shard (streamed in batches)."""
+    crawled_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    clean_options = params.clean_options()
+    rows_in = kept = quarantined = 0
+    reasons: dict[str, int] = {}
+    seen: set[str] = set()  # exact duplicates within the file; pass 2 handles the whole crawl
     docs: list[dict[str, Any]] = []
-    quarantined: list[dict[str, Any]] = []
-    seen_in = filtered = 0
-    for url in files:
-        for rec in read_records(url, ReaderOptions(text_field=text_field)):
-            seen_in += 1
+    with checkpoint.open_shard(shard_id, {"data": DOCUMENT_SCHEMA, "quarantine": QUARANTINE_SCHEMA}) as shard:
+        for rec in read_records(url, params.reader_options()):
+            rows_in += 1
             if rec.error is not None:
-                quarantined.append({"source": url, "record": rec.record, "reason": rec.error, "sample": None})
+                shard.write("quarantine", [{"source": url, "record": rec.record, "url": rec.url,
+                                            "reason": rec.error, "sample": None}])
+                quarantined += 1
+                reasons[_reason_code(rec.error)] = reasons.get(_reason_code(rec.error), 0) + 1
                 continue
-            text = normalise_text(rec.text or "")
-            if len(text) < min_chars:
-                filtered += 1
+            if rec.skip is not None:
+                reasons[_reason_code(rec.skip)] = reasons.get(_reason_code(rec.skip), 0) + 1
                 continue
-            docs.append(
-                {
-                    "doc_id": doc_id_for(text),
-                    "source": url,
-                    "record": rec.record,
-                    "source_id": rec.source_id,
-                    "title": rec.title,
-                    "text": text,
-                    "n_bytes": len(text.encode("utf-8")),
-                    "fetched_at": fetched_at,
-                }
-            )
-    counts = ShardCounts(rows_in=seen_in, rows_out=len(docs), filtered=filtered, quarantined=len(quarantined))
-    tables = {
-        "data": pa.Table.from_pylist(docs, schema=DOCUMENT_SCHEMA),
-        "quarantine": pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA),
-    }
-    entry = checkpoint.write_shard(shard_id, tables, counts, extra={"files": files})
-    return {"shard_id": shard_id, "counts": entry.counts.__dict__}
+            cleaned = clean_document(rec.text or "", clean_options)
+            if cleaned.quarantined is not None:
+                shard.write("quarantine", [{"source": url, "record": rec.record, "url": rec.url,
+                                            "reason": cleaned.quarantined, "sample": (rec.text or "")[:500]}])
+                quarantined += 1
+                code = _reason_code(cleaned.quarantined)
+                reasons[code] = reasons.get(code, 0) + 1
+                continue
+            if cleaned.filtered is not None:
+                code = _reason_code(cleaned.filtered)
+                reasons[code] = reasons.get(code, 0) + 1
+                continue
+            doc_id = doc_id_for(cleaned.text)
+            if doc_id in seen:
+                reasons["duplicate"] = reasons.get("duplicate", 0) + 1
+                continue
+            seen.add(doc_id)
+            docs.append({
+                "doc_id": doc_id, "source": url, "record": rec.record, "source_id": rec.source_id, "url": rec.url,
+                "title": rec.title, "language": cleaned.language, "language_score": cleaned.language_score,
+                "text": cleaned.text, "n_bytes": len(cleaned.text.encode("utf-8")),
+                "fetched_at": rec.fetched_at or crawled_at,
+                "metadata": json.dumps(rec.metadata, sort_keys=True, default=str) if rec.metadata else None,
+            })
+            kept += 1
+            if len(docs) >= params.batch_rows:
+                shard.write("data", docs)
+                docs = []
+        shard.write("data", docs)
+        shard.counts = ShardCounts(rows_in=rows_in, rows_out=kept, filtered=rows_in - kept - quarantined,
+                                   quarantined=quarantined)
+        shard.extra = {"file": url, "reasons": reasons}
+    return {"shard_id": shard_id, "counts": shard.counts.__dict__, "reasons": reasons}
 
 
-@task(name="crawl-shard", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def crawl_task(ctx: RunContext, params: dict[str, Any], shard_id: str, files: list[str]) -> dict[str, Any]:
-    """Prefect task: one crawl shard (a group of input files)."""
-    checkpoint = ctx.checkpoint("crawl", params)
-    return crawl_shard(checkpoint, shard_id, files, text_field=params["text_field"], min_chars=params["min_chars"])
+# --- pass 2: sampling before the cross-crawl dedup ------------------------------------------------
+def sample_keys(doc_ids: list[str], seed: int) -> np.ndarray:
+    """A seeded pseudo-random 64-bit key per document, from its id alone (no state, any order).
+
+    doc_id is a sha256 prefix, so XOR with a seed-derived constant is again uniform and gives each
+    seed a different ordering; the max_docs smallest keys are the sample.
+    """
+    mix = int.from_bytes(hashlib.sha256(f"personahub-sample-{seed}".encode()).digest()[:8], "big")
+    return np.fromiter((int(d[:16], 16) ^ mix for d in doc_ids), dtype=np.uint64, count=len(doc_ids))
+
+
+def sample_threshold(doc_ids: list[str], seed: int, max_docs: int) -> int | None:
+    """The largest key kept by a sample of max_docs distinct documents (None = keep all)."""
+    keys = np.unique(sample_keys(doc_ids, seed))
+    if len(keys) <= max_docs:
+        return None
+    return int(np.partition(keys, max_docs - 1)[max_docs - 1])
+
+
+def sample_filter(seed: int, threshold: int | None):
+    """A dedup prefilter keeping documents whose sample key is at most `threshold`."""
+
+    def keep(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        if threshold is None:
+            return table, {}
+        keys = sample_keys(table.column("doc_id").to_pylist(), seed)
+        mask = pa.array(keys <= np.uint64(threshold))
+        out = table.filter(mask)
+        dropped = table.num_rows - out.num_rows
+        return out, ({"sampled_out": dropped} if dropped else {})
+
+    return keep
+
+
+def all_doc_ids(ctx: RunContext, manifest: dict[str, Any]) -> list[str]:
+    """The doc_id column of every crawl shard (20 bytes a document: what sampling needs)."""
+    ids: list[str] = []
+    for shard in manifest["shards"]:
+        if shard["rows"].get("data", 0):
+            ids.extend(pc.unique(ctx.store.read_parquet(shard["files"]["data"], columns=["doc_id"]).column("doc_id")).to_pylist())
+    return ids
+
+
+@task(name="crawl-file", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def crawl_task(ctx: RunContext, params: dict[str, Any], shard_id: str, url: str) -> dict[str, Any]:
+    """Prefect task: one input file into one document shard."""
+    return crawl_shard(ctx.checkpoint("crawl", params), shard_id, url, CrawlParams(**params))

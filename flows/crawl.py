@@ -1,0 +1,84 @@
+"""crawl: sources → one document shard per file → exact dedup across the crawl (+ optional sample).
+
+Runs alone (`personahub crawl`) and as the first stage of build-hub. Sources are not part of the
+run id: rerunning with one new file reuses every finished shard and crawls only that file, which is
+the incremental path of the nightly refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from personahub.flows.stage_runner import run_exact_dedup, run_stage, stage_report, stages_markdown
+from personahub.tasks import crawl as crawl_stage
+from personahub.tasks.checkpoint import params_hash
+from personahub.tasks.run_context import RunContext
+from personahub.tasks.settings import load_settings
+
+
+class CrawlFlowParams(BaseModel):
+    """Parameters of a crawl run; the Prefect UI renders them as a form."""
+
+    sources: list[str] = Field(..., description="Files, directories, globs (any fsspec URL), .urls lists")
+    crawl: crawl_stage.CrawlParams = Field(default_factory=crawl_stage.CrawlParams)
+    max_docs: int | None = Field(None, ge=1, description="Keep a seeded sample of at most this many documents")
+    seed: int = Field(0, description="Seed of the max_docs sample")
+    rows_per_bucket: int = Field(500_000, ge=1, description="Documents per dedup bucket (bounds dedup memory)")
+    run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters (not the sources)")
+    store: str | None = Field(None, description="Override the store URL (settings.store)")
+
+
+def crawl_run_id(params: CrawlFlowParams) -> str:
+    keys = params.model_dump(include={"crawl", "max_docs", "seed"})
+    return f"crawl-{params_hash(keys)[:10]}"
+
+
+def crawl_stages(
+    ctx: RunContext, sources: list[str], params: crawl_stage.CrawlParams, max_docs: int | None, seed: int,
+    rows_per_bucket: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run both crawl passes; returns (the documents' manifest, the stage reports)."""
+    shards = {sid: (url,) for sid, url in crawl_stage.plan_shards(crawl_stage.expand_sources(sources)).items()}
+    crawl_params = params.model_dump(mode="json")
+    read_manifest, ran, skipped = run_stage(
+        "crawl", ctx.checkpoint("crawl", crawl_params), shards,
+        lambda sid, a: crawl_stage.crawl_task.submit(ctx, crawl_params, sid, *a), batch=max(1, len(shards)))
+    reports = [stage_report("crawl", read_manifest, ran, skipped)]
+
+    threshold = None
+    if max_docs is not None:
+        threshold = crawl_stage.sample_threshold(crawl_stage.all_doc_ids(ctx, read_manifest), seed, max_docs)
+    docs_manifest, ran, skipped = run_exact_dedup(
+        ctx, "crawl_dedup", read_manifest, "documents", rows_per_bucket,
+        prefilter=crawl_stage.sample_filter(seed, threshold),
+        extra_params={"max_docs": max_docs, "seed": seed, "threshold": threshold})
+    reports.append(stage_report("crawl_dedup", docs_manifest, ran, skipped))
+    return docs_manifest, reports
+
+
+@flow(name="crawl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+def crawl(params: CrawlFlowParams) -> dict[str, Any]:
+    """Crawl the sources into deduplicated document shards under runs/<run_id>/crawl_dedup/."""
+    settings = load_settings(store=params.store)
+    run_id = params.run_id or crawl_run_id(params)
+    ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
+    get_run_logger().info("crawl run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
+    manifest, reports = crawl_stages(ctx, params.sources, params.crawl, params.max_docs, params.seed, params.rows_per_bucket)
+    for report in reports:
+        report.pop("_ran")
+    summary = {
+        "run_id": run_id,
+        "run": ctx.store.uri(f"runs/{run_id}"),
+        "documents": manifest["totals"]["rows_out"],
+        "documents_path": ctx.store.uri(f"runs/{run_id}/crawl_dedup/data"),
+        "stages": reports,
+    }
+    markdown = "\n".join([f"# Crawl `{run_id}`: {summary['documents']} documents", "",
+                          f"Documents at `{summary['documents_path']}`.", "", *stages_markdown(reports)])
+    create_markdown_artifact(key="crawl-summary", markdown=markdown, description="crawl counts by stage and reason")
+    return summary
