@@ -28,7 +28,8 @@ class CrawlFlowParams(BaseModel):
     crawl: crawl_stage.CrawlParams = Field(default_factory=crawl_stage.CrawlParams)
     max_docs: int | None = Field(None, ge=1, description="Keep a seeded sample of at most this many documents")
     seed: int = Field(0, description="Seed of the max_docs sample")
-    rows_per_bucket: int = Field(500_000, ge=1, description="Documents per dedup bucket (bounds dedup memory)")
+    rows_per_bucket: int = Field(500_000, ge=1, description="Documents per dedup bucket at most")
+    bytes_per_bucket: int = Field(128_000_000, ge=1_000_000, description="Text bytes per dedup bucket at most (bounds its memory)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters (not the sources)")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
 
@@ -40,7 +41,7 @@ def crawl_run_id(params: CrawlFlowParams) -> str:
 
 def crawl_stages(
     ctx: RunContext, sources: list[str], params: crawl_stage.CrawlParams, max_docs: int | None, seed: int,
-    rows_per_bucket: int,
+    rows_per_bucket: int, bytes_per_bucket: int = 128_000_000,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run both crawl passes; returns (the documents' manifest, the stage reports)."""
     shards = {sid: (url,) for sid, url in crawl_stage.plan_shards(crawl_stage.expand_sources(sources)).items()}
@@ -53,8 +54,10 @@ def crawl_stages(
     threshold = None
     if max_docs is not None:
         threshold = crawl_stage.sample_threshold(crawl_stage.all_doc_ids(ctx, read_manifest), seed, max_docs)
+    text_bytes = sum((s.get("extra") or {}).get("text_bytes", 0) for s in read_manifest["shards"])
     docs_manifest, ran, skipped = run_exact_dedup(
         ctx, "crawl_dedup", read_manifest, "documents", rows_per_bucket,
+        min_buckets=max(1, -(-text_bytes // bytes_per_bucket)),
         prefilter=crawl_stage.sample_filter(seed, threshold),
         extra_params={"max_docs": max_docs, "seed": seed, "threshold": threshold})
     reports.append(stage_report("crawl_dedup", docs_manifest, ran, skipped))
@@ -68,7 +71,8 @@ def crawl(params: CrawlFlowParams) -> dict[str, Any]:
     run_id = params.run_id or crawl_run_id(params)
     ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     get_run_logger().info("crawl run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
-    manifest, reports = crawl_stages(ctx, params.sources, params.crawl, params.max_docs, params.seed, params.rows_per_bucket)
+    manifest, reports = crawl_stages(ctx, params.sources, params.crawl, params.max_docs, params.seed,
+                                     params.rows_per_bucket, params.bytes_per_bucket)
     for report in reports:
         report.pop("_ran")
     summary = {

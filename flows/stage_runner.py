@@ -58,12 +58,17 @@ def run_exact_dedup(
     rows_per_bucket: int,
     prefilter: dedup_exact.BucketFilter | None = None,
     extra_params: dict[str, Any] | None = None,
+    min_buckets: int = 1,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-    """Exact dedup of an upstream stage's data in two passes (partition by key, then per bucket)."""
+    """Exact dedup of an upstream stage's data in two passes (partition by key, then per bucket).
+
+    A bucket is read whole in pass 2, so its size bounds memory: at most rows_per_bucket rows, and
+    at least min_buckets buckets (callers that know their bytes ask for more).
+    """
     inputs = {s["id"]: (s["files"]["data"],) for s in upstream["shards"] if s["rows"].get("data", 0) > 0}
     total = sum(s["rows"].get("data", 0) for s in upstream["shards"])
-    part_params = {"spec": spec, "n_buckets": dedup_exact.bucket_count(total, rows_per_bucket),
-                   "input": manifest_digest(upstream)}
+    n_buckets = max(min_buckets, dedup_exact.bucket_count(total, rows_per_bucket))
+    part_params = {"spec": spec, "n_buckets": n_buckets, "input": manifest_digest(upstream)}
     part_stage = f"{stage}_partition"
     parts, _, _ = run_stage(
         part_stage, ctx.checkpoint(part_stage, part_params), inputs,

@@ -19,7 +19,7 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import PurePath
@@ -165,11 +165,19 @@ def _sum_numbers(dicts: Iterable[Mapping[str, Any]]) -> dict[str, int | float]:
 class ShardWriter:
     """The open files of one shard being written (see StageCheckpoint.open_shard)."""
 
-    def __init__(self, shard_id: str, writers: Mapping[str, Any], schemas: Mapping[str, pa.Schema]):
+    def __init__(
+        self,
+        shard_id: str,
+        open_kind: Callable[[str, pa.Schema], Any],
+        schemas: Mapping[str, pa.Schema],
+        any_kind_schema: pa.Schema | None = None,
+    ):
         self.shard_id = shard_id
-        self._writers = writers
-        self._schemas = schemas
-        self.rows: dict[str, int] = {kind: 0 for kind in writers}
+        self._open_kind = open_kind
+        self._schemas = dict(schemas)
+        self._any_kind_schema = any_kind_schema
+        self._writers = {kind: open_kind(kind, schema) for kind, schema in sorted(self._schemas.items())}
+        self.rows: dict[str, int] = {kind: 0 for kind in self._writers}
         self.counts: ShardCounts | None = None
         self.extra: dict[str, Any] = {}
         self.entry: ShardEntry | None = None
@@ -177,7 +185,13 @@ class ShardWriter:
     def write(self, kind: str, batch: pa.Table | list[dict[str, Any]]) -> None:
         """Append rows (a table or a list of row dicts) to the shard's `kind` file."""
         if kind not in self._writers:
-            raise KeyError(f"shard {self.shard_id} has no {kind!r} output (opened: {sorted(self._writers)})")
+            if self._any_kind_schema is None:
+                raise KeyError(f"shard {self.shard_id} has no {kind!r} output (opened: {sorted(self._writers)})")
+            _check_name(kind, "table kind", _KIND)
+            # Opened on first use: a partition writes only the buckets its rows fall into.
+            self._schemas[kind] = self._any_kind_schema
+            self._writers[kind] = self._open_kind(kind, self._any_kind_schema)
+            self.rows[kind] = 0
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_pylist(batch, schema=self._schemas[kind])
         if table.num_rows:
             self._writers[kind].write_table(table.cast(self._schemas[kind]) if table.schema != self._schemas[kind] else table)
@@ -274,21 +288,25 @@ class StageCheckpoint:
         return shard.entry
 
     @contextlib.contextmanager
-    def open_shard(self, shard_id: str, schemas: Mapping[str, pa.Schema]) -> Iterator["ShardWriter"]:
+    def open_shard(
+        self, shard_id: str, schemas: Mapping[str, pa.Schema], any_kind_schema: pa.Schema | None = None
+    ) -> Iterator["ShardWriter"]:
         """Stream a shard's tables batch by batch; the entry is written when the block ends.
 
         The caller writes batches with `shard.write(kind, table_or_rows)` and sets `shard.counts`
         (and optionally `shard.extra`) before leaving the block. If the block raises, no file is
-        committed and the shard stays not done.
+        committed and the shard stays not done. The kinds in `schemas` always get a file (empty or
+        not); with `any_kind_schema`, other kinds are opened when first written.
         """
         _check_name(shard_id, "shard_id")
         for kind in schemas:
             _check_name(kind, "table kind", _KIND)
         self._invalidate_previous(shard_id)
-        files = {kind: self.shard_path(shard_id, kind) for kind in sorted(schemas)}
         with contextlib.ExitStack() as stack:
-            writers = {kind: stack.enter_context(self.store.parquet_writer(files[kind], schemas[kind])) for kind in files}
-            shard = ShardWriter(shard_id, writers, {k: schemas[k] for k in files})
+            def open_kind(kind: str, schema: pa.Schema) -> Any:
+                return stack.enter_context(self.store.parquet_writer(self.shard_path(shard_id, kind), schema))
+
+            shard = ShardWriter(shard_id, open_kind, schemas, any_kind_schema)
             yield shard
             if shard.counts is None:
                 raise CheckpointError(f"shard {shard_id}: counts were not set before the shard was closed")
@@ -296,7 +314,7 @@ class StageCheckpoint:
         # Every file is closed (committed) here; the entry is the commit point of the shard.
         shard.entry = ShardEntry(
             shard_id=shard_id,
-            files=files,
+            files={kind: self.shard_path(shard_id, kind) for kind in sorted(shard.rows)},
             rows=dict(shard.rows),
             counts=shard.counts,
             params_hash=self.params_hash,

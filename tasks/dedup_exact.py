@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -56,15 +57,23 @@ def bucket_of(keys: pa.Array, n_buckets: int) -> list[int]:
 
 
 def partition_shard(
-    checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, n_buckets: int, key: str
+    checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, n_buckets: int, key: str,
+    batch_rows: int = 10_000,
 ) -> dict[str, Any]:
-    """Pass 1: split one shard into per-bucket tables (written as kinds b00000, b00001, …)."""
-    table = store.read_parquet(source_file)
-    buckets = pa.array(bucket_of(table.column(key), n_buckets), type=pa.int32())
-    tables = {bucket_name(b): table.filter(pc.equal(buckets, b)) for b in sorted(set(buckets.to_pylist()))}
-    counts = ShardCounts(rows_in=table.num_rows, rows_out=table.num_rows)
-    checkpoint.write_shard(shard_id, tables, counts)
-    return {"shard_id": shard_id, "counts": counts.__dict__}
+    """Pass 1: split one shard into per-bucket files (kinds b00000, b00001, …), a row group at a
+    time, so memory holds one batch however large the shard."""
+    rows = 0
+    with store.fs.open(store.full(source_file), "rb") as fh:
+        parquet = pq.ParquetFile(fh)
+        with checkpoint.open_shard(shard_id, {}, any_kind_schema=parquet.schema_arrow) as shard:
+            for batch in parquet.iter_batches(batch_size=batch_rows):
+                table = pa.Table.from_batches([batch])
+                buckets = pa.array(bucket_of(table.column(key), n_buckets), type=pa.int32())
+                for b in sorted(set(buckets.to_pylist())):
+                    shard.write(bucket_name(b), table.filter(pc.equal(buckets, b)))
+                rows += table.num_rows
+            shard.counts = ShardCounts(rows_in=rows, rows_out=rows)
+    return {"shard_id": shard_id, "counts": shard.counts.__dict__}
 
 
 def split_first(table: pa.Table, spec: DedupSpec) -> tuple[pa.Table, pa.Table]:

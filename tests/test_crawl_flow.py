@@ -55,9 +55,9 @@ def test_mixed_formats_counts_and_reasons(tmp_path: Path) -> None:
         reconcile(stage)
     assert read["shards"] == 7, "one shard per file"
     assert read["counts"]["rows_in"] == 12  # 6 single-document files + 6 JSONL lines
-    assert read["counts"]["quarantined"] == 2  # the binary file and the broken JSONL line
+    assert read["counts"]["quarantined"] == 3  # the binary file, the broken JSONL line, the empty file
     assert read["reasons"]["undecodable"] == 1 and read["reasons"]["invalid_json"] == 1
-    assert read["reasons"]["too_short"] == 1 and read["reasons"]["empty"] == 1
+    assert read["reasons"]["too_short"] == 1 and read["reasons"]["empty_file"] == 1
     assert dedup["reasons"] == {"duplicate": 1}, "the same text in two files is kept once"
     assert summary["documents"] == 7
 
@@ -140,3 +140,46 @@ def test_crawl_all_shared_webtext(tmp_path: Path) -> None:
     assert summary["documents"] > 1000
     assert read["reasons"].get("revisit", 0) > 0, "WARC revisits are skipped and counted"
 
+
+
+def test_bad_inputs_never_crash_the_run(tmp_path: Path) -> None:
+    """The issue's list: a truncated .warc.gz, a binary file named .txt, a 200 MB single line, an
+    HTML page in Shift-JIS and an empty file, all in one run."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+    import io
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    buf = io.BytesIO()
+    writer = WARCWriter(buf, gzip=True)
+    for i in range(20):
+        body = (f"<html><head><title>Page {i}</title></head><body><article><p>Paragraph {i} about river "
+                f"restoration projects and the volunteers who plant willow cuttings along the banks.{LONG}</p>"
+                f"</article></body></html>").encode()
+        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record(f"https://example.org/{i}", "response", payload=io.BytesIO(body),
+                                                      http_headers=headers))
+    data = buf.getvalue()
+    (corpus / "cut.warc.gz").write_bytes(data[: int(len(data) * 0.6)])
+    (corpus / "binary.txt").write_bytes(bytes(range(256)) * 64)
+    with open(corpus / "huge_line.jsonl", "wb") as fh:
+        fh.write(json.dumps({"text": "Before the long line: a note on orchard pruning." + LONG}).encode() + b"\n")
+        fh.write(b'{"text": "' + b"x" * (200 * 1024 * 1024) + b'"}\n')
+        fh.write(json.dumps({"text": "After the long line: a note on cider pressing." + LONG}).encode() + b"\n")
+    (corpus / "shift_jis.html").write_bytes(
+        ('<html><head><meta charset="shift_jis"><title>京都の庭園</title></head><body><article><p>'
+         + "京都の庭園を訪ねる旅行者のための案内です。苔の手入れと石の配置について庭師が説明します。" * 4
+         + "</p></article></body></html>").encode("shift_jis"))
+    (corpus / "empty.md").write_bytes(b"")
+
+    summary = crawl(CrawlFlowParams(sources=[str(corpus)], store=str(tmp_path / "store")))
+
+    read = summary["stages"][0]
+    reconcile(read)
+    assert read["reasons"]["unreadable"] == 1, "the truncated WARC is reported once, after its good records"
+    assert read["reasons"]["undecodable"] == 1 and read["reasons"]["over_cap"] == 1 and read["reasons"]["empty_file"] == 1
+    docs = docs_of(Store(str(tmp_path / "store")), summary["run_id"])
+    assert any("京都の庭園" in d["text"] and d["language"] == "ja" for d in docs), "Shift-JIS decoded, not quarantined"
+    assert sum(1 for d in docs if d["source"].endswith("cut.warc.gz")) >= 5, "records before the cut are kept"
+    assert sum(1 for d in docs if d["source"].endswith("huge_line.jsonl")) == 2, "reading resumes after the long line"

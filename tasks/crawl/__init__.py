@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -28,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.crawl.clean import CleanOptions, clean_document
-from personahub.tasks.crawl.readers import ReaderOptions, read_records, supported_suffixes
+from personahub.tasks.crawl.readers import Record, ReaderOptions, read_records, supported_suffixes
 from personahub.tasks.run_context import RunContext
 
 DOCUMENT_SCHEMA = pa.schema(
@@ -120,12 +121,11 @@ def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: Cr
     """Read one file into a document shard and a quarantine shard (streamed in batches)."""
     crawled_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clean_options = params.clean_options()
-    rows_in = kept = quarantined = 0
+    rows_in = kept = quarantined = text_bytes = 0
     reasons: dict[str, int] = {}
-    seen: set[str] = set()  # exact duplicates within the file; pass 2 handles the whole crawl
     docs: list[dict[str, Any]] = []
     with checkpoint.open_shard(shard_id, {"data": DOCUMENT_SCHEMA, "quarantine": QUARANTINE_SCHEMA}) as shard:
-        for rec in read_records(url, params.reader_options()):
+        for rec in _records(url, params):
             rows_in += 1
             if rec.error is not None:
                 shard.write("quarantine", [{"source": url, "record": rec.record, "url": rec.url,
@@ -148,15 +148,13 @@ def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: Cr
                 code = _reason_code(cleaned.filtered)
                 reasons[code] = reasons.get(code, 0) + 1
                 continue
-            doc_id = doc_id_for(cleaned.text)
-            if doc_id in seen:
-                reasons["duplicate"] = reasons.get("duplicate", 0) + 1
-                continue
-            seen.add(doc_id)
+            doc_id = doc_id_for(cleaned.text)  # duplicates are removed across the whole crawl in pass 2
+            n_bytes = len(cleaned.text.encode("utf-8"))
+            text_bytes += n_bytes
             docs.append({
                 "doc_id": doc_id, "source": url, "record": rec.record, "source_id": rec.source_id, "url": rec.url,
                 "title": rec.title, "language": cleaned.language, "language_score": cleaned.language_score,
-                "text": cleaned.text, "n_bytes": len(cleaned.text.encode("utf-8")),
+                "text": cleaned.text, "n_bytes": n_bytes,
                 "fetched_at": rec.fetched_at or crawled_at,
                 "metadata": json.dumps(rec.metadata, sort_keys=True, default=str) if rec.metadata else None,
             })
@@ -167,8 +165,17 @@ def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: Cr
         shard.write("data", docs)
         shard.counts = ShardCounts(rows_in=rows_in, rows_out=kept, filtered=rows_in - kept - quarantined,
                                    quarantined=quarantined)
-        shard.extra = {"file": url, "reasons": reasons}
+        shard.extra = {"file": url, "reasons": reasons, "text_bytes": text_bytes}
     return {"shard_id": shard_id, "counts": shard.counts.__dict__, "reasons": reasons}
+
+
+def _records(url: str, params: CrawlParams) -> Iterator[Record]:
+    """The file's records; a zero-byte file of any format is one quarantined input, not silence."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.size(path) == 0:
+        yield Record(url, -1, None, error="empty_file: 0 bytes")
+        return
+    yield from read_records(url, params.reader_options())
 
 
 # --- pass 2: sampling before the cross-crawl dedup ------------------------------------------------
