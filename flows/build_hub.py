@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -21,6 +20,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
+from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
 from personahub.flows.stage_runner import manifest_digest, run_exact_dedup, run_stage, stage_report, stages_markdown
 from personahub.tasks import publish, text_to_persona
 from personahub.tasks.checkpoint import params_hash
@@ -46,11 +46,14 @@ class BuildHubParams(BaseModel):
     corpus: list[str] = Field(default_factory=lambda: [demo_corpus()], description="Files, directories or globs (any fsspec URL)")
     hub: str = Field("default", description="Hub name: versions go to hubs/<hub>/vNNNN")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
-    relations: list[Relation] = Field(default_factory=lambda: ["read"], description="Text-to-Persona relations")
+    relations: list[Relation] = Field(default_factory=lambda: ["read", "write", "like", "dislike"],
+                                      description="Text-to-Persona relations")
     crawl: CrawlParams = Field(default_factory=CrawlParams, description="How documents are read and filtered")
     max_docs: int | None = Field(None, ge=1, description="Build from a seeded sample of at most this many documents")
     seed: int = Field(0, description="Seed of the max_docs sample")
-    max_doc_chars: int = Field(2000, ge=200, description="Document characters sent to the LLM (small-model context budget)")
+    max_doc_tokens: int = Field(512, ge=64, description="Token budget of the document excerpt sent to the LLM "
+                                "(≈4 characters a token; longer documents are truncated at a word boundary)")
+    graph: GraphParams = Field(default_factory=GraphParams, description="Persona-to-Persona expansion")
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
     rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket (bounds dedup memory)")
@@ -83,22 +86,48 @@ def run_id_for(params: BuildHubParams) -> str:
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
-@contextlib.contextmanager
-def llm_endpoint(settings: Settings, needed: bool) -> Iterator[str | None]:
-    """The configured endpoint, or the embedded server for the duration of the block.
+CHARS_PER_TOKEN = 4  # English text under BPE tokenizers; a budget, not an exact count
 
-    The embedded server is started only when a stage really has LLM work left, so a rerun of a
-    finished build starts nothing.
+
+class LLMEndpoint:
+    """The configured endpoint, or the embedded server started on first use and stopped at the end.
+
+    Starting lazily means a rerun whose LLM stages are all done starts nothing.
     """
-    if settings.llm_base_url or not needed:
-        yield settings.llm_base_url
-        return
-    from personahub.tasks.llama_server import EmbeddedLLMServer
 
-    logger = get_run_logger()
-    with EmbeddedLLMServer(settings, log=logger.info) as server:
-        logger.info("embedded model %s serving at %s", server.model, server.base_url)
-        yield server.base_url
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def base_url(self) -> str:
+        if self.settings.llm_base_url:
+            return self.settings.llm_base_url
+        if not hasattr(self, "_server"):
+            from personahub.tasks.llama_server import EmbeddedLLMServer
+
+            self._server = self._stack.enter_context(EmbeddedLLMServer(self.settings, log=get_run_logger().info))
+        return self._server.base_url
+
+    def __enter__(self) -> "LLMEndpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def hub_persona_ids(store: Any, hub: str, run_id: str) -> tuple[set[str], str | None]:
+    """Persona ids of the hub as this run found it: its latest version published by another run
+    (a rerun must not treat its own output as the existing hub), and that version."""
+    for version in reversed(publish.hub_versions(store, hub)):
+        manifest = store.read_json(f"{publish.hub_prefix(hub)}/{version}/manifest.json")
+        if manifest["run_id"] == run_id:
+            continue
+        ids: set[str] = set()
+        for part in manifest["parts"]:
+            ids.update(store.read_parquet(part["file"], columns=["persona_id"]).column("persona_id").to_pylist())
+        return ids, version
+    return set(), None
 
 
 @flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -122,26 +151,34 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     sampling = dict(template.params)
     sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
     doc_files = {s["id"]: (s["files"]["data"],) for s in docs_manifest["shards"] if s["rows"].get("data", 0) > 0}
-    t2p_base = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
-                "max_doc_chars": params.max_doc_chars, "sampling": sampling, "input": manifest_digest(docs_manifest)}
     model = resolve_model(settings)
-    t2p_params = {**t2p_base, "model": model}
-    t2p_checkpoint = ctx.checkpoint("text_to_persona", t2p_params)
-    needs_llm = not t2p_checkpoint.is_complete() and bool(doc_files)
-    with llm_endpoint(settings, needs_llm) as base_url:
-        llm = {"base_url": base_url, "model": model,
-               "concurrency": max(1, math.ceil(settings.llm_max_concurrency / params.llm_shard_parallelism))}
+    t2p_params = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
+                  "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "sampling": sampling, "model": model,
+                  "input": manifest_digest(docs_manifest)}
+    concurrency = max(1, math.ceil(settings.llm_max_concurrency / params.llm_shard_parallelism))
+    with LLMEndpoint(settings) as endpoint:
+        def llm() -> dict[str, Any]:
+            return {"base_url": endpoint.base_url, "model": model, "concurrency": concurrency}
+
         personas_manifest, ran, skipped = run_stage(
-            "text_to_persona", t2p_checkpoint, doc_files,
-            lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm),
+            "text_to_persona", ctx.checkpoint("text_to_persona", t2p_params), doc_files,
+            lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm()),
             batch=params.llm_shard_parallelism)
-    stages.append(stage_report("text_to_persona", personas_manifest, ran, skipped))
+        stages.append(stage_report("text_to_persona", personas_manifest, ran, skipped))
 
-    # 3. exact dedup on persona_id, two passes: partition by id, then dedup each bucket
-    dedup_manifest, ran, skipped = run_exact_dedup(ctx, "dedup_exact", personas_manifest, "personas", params.rows_per_bucket)
+        # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
+        hub_ids, hub_version = hub_persona_ids(store, params.hub, run_id)
+        graph_manifests, graph_reports = persona_graph_stages(
+            ctx, personas_manifest, params.graph, llm, model, hub_ids, hub_version, params.llm_shard_parallelism)
+        stages.extend(graph_reports)
+
+    # 4. exact dedup of every node on persona_id (the lowest hop is kept), two passes
+    nodes = combined_manifest([("h0", personas_manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph_manifests)])
+    dedup_manifest, ran, skipped = run_exact_dedup(ctx, "dedup_exact", nodes, "personas", params.rows_per_bucket)
     stages.append(stage_report("dedup_exact", dedup_manifest, ran, skipped))
+    edge_files = [f for m in graph_manifests for f in data_files(m, "edges")]
 
-    # 4. publish: a new hub version, once per finished run
+    # 5. publish: a new hub version, once per finished run
     publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": manifest_digest(dedup_manifest)})
     if publish_checkpoint.is_complete():
         hub_manifest = publish_checkpoint.manifest()["summary"]["hub_manifest"]
@@ -149,7 +186,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         final_files = [s["files"]["data"] for s in dedup_manifest["shards"] if s["rows"].get("data", 0) > 0]
         lineage = {"run_id": run_id, "model": model, "template": template.ref,
                    "stages": {s["stage"]: s["counts"] for s in stages}}
-        hub_manifest = publish.publish_hub(store, params.hub, run_id, final_files, lineage)
+        hub_manifest = publish.publish_hub(store, params.hub, run_id, final_files, lineage, edge_files)
         publish_checkpoint.finalize(expected_shards=[], summary={"hub_manifest": hub_manifest})
 
     summary = {

@@ -38,14 +38,17 @@ def build(
     store: Optional[str] = StoreOpt,
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
     llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
-    relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: read)"),
+    relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: all four)"),
+    hops: int = typer.Option(6, help="Persona-to-Persona rounds (0 = none)"),
+    k: int = typer.Option(3, help="Related personas asked for per persona"),
+    max_new_per_hop: int = typer.Option(32, help="Personas expanded per hop at most (seeded sample)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket; documents per LLM shard"),
     show: int = typer.Option(5, help="Personas to print at the end"),
 ) -> None:
-    """Build a hub: crawl → Text-to-Persona → dedup → publish a new hub version.
+    """Build a hub: crawl → Text-to-Persona → Persona-to-Persona (hops) → dedup → publish a new hub version.
 
     Rerunning the same command resumes the same run: finished stages and shards are skipped and
     every LLM response already paid for comes from the cache.
@@ -63,6 +66,7 @@ def build(
         fields["corpus"] = corpus
     if relation:
         fields["relations"] = relation
+    fields["graph"] = {"hops": hops, "k": k, "max_new_per_hop": max_new_per_hop}
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
     summary = build_hub(params)
@@ -201,6 +205,47 @@ def hub_show(
                f"created {manifest['created_at']}")
     for row in sample_personas(st, manifest, n):
         typer.echo(f"  {row['persona_id']}  [{row['relation']}] {row['persona']}")
+
+
+personas_app = typer.Typer(help="Look up personas in a published hub.", no_args_is_help=True)
+app.add_typer(personas_app, name="personas")
+
+
+@personas_app.command("show")
+def personas_show(
+    persona_id: str = typer.Argument(..., help="A persona_id from the hub"),
+    hub: str = typer.Option("default", help="Hub name"),
+    version: Optional[str] = typer.Option(None, help="Version (vNNNN) (default: latest)"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Print a persona and its chain back to the document it came from."""
+    from personahub.tasks.publish import find_document, hub_prefix, latest_manifest, persona_chain
+    from personahub.tasks.settings import load_settings
+    from personahub.tasks.store import Store
+
+    st = Store.from_settings(load_settings(store=store))
+    manifest = (latest_manifest(st, hub) if version is None
+                else st.read_json(f"{hub_prefix(hub)}/{version}/manifest.json") if st.exists(f"{hub_prefix(hub)}/{version}/manifest.json")
+                else None)
+    if manifest is None:
+        typer.echo(f"no published version {version or ''} of hub {hub!r} in {st.uri()}", err=True)
+        raise typer.Exit(1)
+    chain = persona_chain(st, manifest, persona_id)
+    if not chain:
+        typer.echo(f"persona {persona_id} is not in hub {hub} {manifest['version']}", err=True)
+        raise typer.Exit(1)
+    for depth, row in enumerate(chain):
+        link = f"--[{row['relation']}]--> " if depth else ""
+        typer.echo(f"{'  ' * depth}{link}{row['persona_id']}  hop {row['hop']}  ({row['origin']}, {row['model']}, {row['template']})")
+        typer.echo(f"{'  ' * depth}  {row['persona']}")
+    root = chain[-1]
+    doc = find_document(st, manifest["run_id"], root["doc_id"])
+    indent = "  " * len(chain)
+    typer.echo(f"{indent}document {root['doc_id']} ({root['relation']} by the hop-0 persona): {root['source']}")
+    if doc is not None:
+        where = doc["url"] or f"record {doc['record']}"
+        typer.echo(f"{indent}  {doc['title'] or ''} [{where}]")
+        typer.echo(f"{indent}  {doc['text'][:300].replace(chr(10), ' ')}{'…' if len(doc['text']) > 300 else ''}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -35,8 +35,9 @@ class DedupSpec:
 
 SPECS = {
     # Equal persona ids may differ in case/spacing: the text is in the order so the choice is stable.
-    "personas": DedupSpec("persona_id", ("doc_id", "relation", "source", "persona"), ("doc_id",),
-                          ("persona_id", "persona", "doc_id", "relation", "source")),
+    # The lowest hop wins, so a persona found both in a document and by expansion keeps its document.
+    "personas": DedupSpec("persona_id", ("hop", "doc_id", "relation", "source", "parent_id", "persona"), ("doc_id", "hop"),
+                          ("persona_id", "persona", "hop", "doc_id", "relation", "source", "parent_id")),
     "documents": DedupSpec("doc_id", ("source", "record"), ("source", "record"), ("doc_id", "source", "record", "url")),
 }
 
@@ -100,7 +101,8 @@ def dedup_bucket(
     prefilter: BucketFilter | None = None,
 ) -> dict[str, Any]:
     """Pass 2: keep one row per key within a bucket, record the rest as duplicates."""
-    table = pa.concat_tables([store.read_parquet(f) for f in files])
+    # Inputs may come from several stages (hop-0 and expanded personas): columns unify by name.
+    table = pa.concat_tables([store.read_parquet(f) for f in files], promote_options="default")
     rows_in = table.num_rows
     reasons: dict[str, int] = {}
     if prefilter is not None:

@@ -1,7 +1,8 @@
 """Publish: turn a run's final persona shards into a numbered, immutable hub version.
 
 Layout under the store:
-    hubs/<hub>/v0001/personas/part-00000.parquet …
+    hubs/<hub>/v0001/personas/part-00000.parquet …   nodes of the persona graph (hop, parent_id, doc_id)
+    hubs/<hub>/v0001/edges/part-00000.parquet …      Persona-to-Persona edges (parent, child, relation)
     hubs/<hub>/v0001/manifest.json      (written after every part)
     hubs/<hub>/latest.json              (pointer, written last)
 A version folder without manifest.json is an interrupted publish and is never pointed to.
@@ -14,10 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from personahub.tasks.store import Store
 
-HUB_COLUMNS = ["persona_id", "persona", "relation", "doc_id", "source", "model", "template", "params"]
+HUB_COLUMNS = ["persona_id", "persona", "hop", "origin", "parent_id", "relation", "doc_id", "source", "model",
+               "template", "params"]
 _VERSION = re.compile(r"^v(\d{4,})$")
 
 
@@ -50,20 +53,28 @@ def next_version(store: Store, hub: str) -> str:
     return f"v{(max(numbers) + 1 if numbers else 1):04d}"
 
 
+def _copy_parts(store: Store, sources: list[str], prefix: str, columns: list[str] | None) -> tuple[list[dict[str, Any]], int]:
+    parts, total = [], 0
+    for index, source in enumerate(sources):
+        table = store.read_parquet(source)
+        if columns is not None:
+            table = table.select([c for c in columns if c in table.column_names])
+        rel = f"{prefix}/part-{index:05d}.parquet"
+        store.write_parquet(rel, table)
+        parts.append({"file": rel, "rows": table.num_rows})
+        total += table.num_rows
+    return parts, total
+
+
 def publish_hub(
-    store: Store, hub: str, run_id: str, persona_files: list[str], lineage: dict[str, Any]
+    store: Store, hub: str, run_id: str, persona_files: list[str], lineage: dict[str, Any],
+    edge_files: list[str] | None = None,
 ) -> dict[str, Any]:
     """Copy the final shards into a new hub version; returns the version's manifest."""
     version = next_version(store, hub)
     prefix = f"{hub_prefix(hub)}/{version}"
-    parts, total = [], 0
-    for index, source in enumerate(persona_files):
-        table = store.read_parquet(source)
-        table = table.select([c for c in HUB_COLUMNS if c in table.column_names])
-        rel = f"{prefix}/personas/part-{index:05d}.parquet"
-        store.write_parquet(rel, table)
-        parts.append({"file": rel, "rows": table.num_rows})
-        total += table.num_rows
+    parts, total = _copy_parts(store, persona_files, f"{prefix}/personas", HUB_COLUMNS)
+    edge_parts, edges = _copy_parts(store, edge_files or [], f"{prefix}/edges", None)
     manifest = {
         "hub": hub,
         "version": version,
@@ -71,6 +82,8 @@ def publish_hub(
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "personas": total,
         "parts": parts,
+        "edges": edges,
+        "edge_parts": edge_parts,
         "columns": HUB_COLUMNS,
         "lineage": lineage,
     }
@@ -95,3 +108,42 @@ def sample_personas(store: Store, manifest: dict[str, Any], n: int) -> list[dict
         table: pa.Table = store.read_parquet(part["file"], columns=["persona_id", "persona", "relation"])
         rows.extend(table.slice(0, n - len(rows)).to_pylist())
     return rows
+
+
+def find_personas(store: Store, manifest: dict[str, Any], persona_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """Rows of the given persona ids in a hub version (a scan of its parts: fine for a lookup)."""
+    found: dict[str, dict[str, Any]] = {}
+    for part in manifest["parts"]:
+        table = store.read_parquet(part["file"])
+        mask = pa.compute.is_in(table.column("persona_id"), value_set=pa.array(sorted(persona_ids), pa.string()))
+        for row in table.filter(mask).to_pylist():
+            found.setdefault(row["persona_id"], row)
+    return found
+
+
+def persona_chain(store: Store, manifest: dict[str, Any], persona_id: str, max_hops: int = 64) -> list[dict[str, Any]]:
+    """The persona and its ancestors up to the hop-0 persona inferred from a document."""
+    chain: list[dict[str, Any]] = []
+    current: str | None = persona_id
+    while current is not None and len(chain) <= max_hops:
+        row = find_personas(store, manifest, {current}).get(current)
+        if row is None:
+            break
+        chain.append(row)
+        current = row.get("parent_id")
+    return chain
+
+
+def find_document(store: Store, run_id: str, doc_id: str) -> dict[str, Any] | None:
+    """The crawled document a persona came from, from the run's crawl_dedup shards."""
+    path = f"runs/{run_id}/crawl_dedup/manifest.json"
+    if not store.exists(path):
+        return None
+    for shard in store.read_json(path)["shards"]:
+        if not shard["rows"].get("data"):
+            continue
+        table = store.read_parquet(shard["files"]["data"], columns=["doc_id", "source", "record", "url", "title", "text"])
+        rows = table.filter(pa.compute.equal(table.column("doc_id"), doc_id)).to_pylist()
+        if rows:
+            return rows[0]
+    return None

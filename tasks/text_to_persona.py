@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +17,12 @@ from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.llm_gateway import ChatRequest, ChatResult, LLMGateway
+from personahub.tasks.persona_filters import (
+    DEFAULT_OPTIONS,
+    PersonaFilterOptions,
+    check_persona,
+    normalise_persona,
+)
 from personahub.tasks.prompt_templates import PromptTemplate, load_template
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.settings import load_settings
@@ -27,6 +32,9 @@ PERSONA_SCHEMA = pa.schema(
     [
         ("persona_id", pa.string()),
         ("persona", pa.string()),
+        ("hop", pa.int32()),  # graph position: Text-to-Persona personas are hop 0
+        ("origin", pa.string()),
+        ("parent_id", pa.string()),  # None at hop 0: the parent is the document
         ("relation", pa.string()),
         ("doc_id", pa.string()),
         ("source", pa.string()),
@@ -50,16 +58,9 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-MIN_PERSONA_CHARS = 20
-MAX_PERSONA_CHARS = 600
-# Small models copy the prompt's shape ("A ... who ...") or its variables ("{persona}").
-_PLACEHOLDER = re.compile(r"\.\.\.|…|\{[a-z_]+\}")
-
-
-def normalise_persona(text: str) -> str:
-    """Collapsed whitespace, no wrapping quotes: the form persona_id is hashed from."""
-    text = re.sub(r"\s+", " ", text).strip().strip("\"'“”").strip()
-    return text
+# The persona text filters (tasks.persona_filters) hold the bounds; these names stay for callers.
+MIN_PERSONA_CHARS = DEFAULT_OPTIONS.min_chars
+MAX_PERSONA_CHARS = DEFAULT_OPTIONS.max_chars
 
 
 def persona_id_for(text: str) -> str:
@@ -94,9 +95,16 @@ def example_personas(template: PromptTemplate) -> frozenset[str]:
 
 
 def validate_persona(
-    result: ChatResult, source_text: str, examples: frozenset[str] = frozenset()
+    result: ChatResult,
+    source_text: str,
+    examples: frozenset[str] = frozenset(),
+    options: PersonaFilterOptions = DEFAULT_OPTIONS,
 ) -> tuple[str | None, str | None]:
-    """(persona, None) when usable, else (None, reason)."""
+    """(persona, None) when usable, else (None, reason).
+
+    The response checks are here (llm_error, truncated, unparseable, missing_persona); the persona
+    text goes through tasks.persona_filters.check_persona, whose reason codes (too_short, refusal,
+    echoes_text, not_a_person, ...) the stage counts per shard."""
     if result.error is not None:
         return None, "llm_error"
     if result.data is None:
@@ -106,16 +114,9 @@ def validate_persona(
     if not isinstance(value, str) or not value.strip():
         return None, "missing_persona"
     persona = normalise_persona(value)
-    if len(persona) < MIN_PERSONA_CHARS:
-        return None, "too_short"
-    if len(persona) > MAX_PERSONA_CHARS:
-        return None, "too_long"
-    if _PLACEHOLDER.search(persona):
-        return None, "placeholder"
-    if persona.lower() in examples:
-        return None, "copies_example"
-    if len(persona) >= 80 and normalise_persona(source_text).lower().find(persona.lower()) >= 0:
-        return None, "echoes_text"
+    reason = check_persona(persona, source_text=source_text, examples=examples, options=options)
+    if reason is not None:
+        return None, reason
     return persona, None
 
 
@@ -155,6 +156,9 @@ async def personas_for_documents(
             {
                 "persona_id": persona_id_for(persona),
                 "persona": persona,
+                "hop": 0,
+                "origin": "text_to_persona",
+                "parent_id": None,
                 "relation": relation,
                 "doc_id": doc["doc_id"],
                 "source": doc["source"],

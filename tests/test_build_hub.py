@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 
 from fake_openai import FakeOpenAIServer, FakeReply, default_responder
 from personahub.flows.build_hub import BuildHubParams, build_hub
+from personahub.flows.persona_graph import GraphParams
+
+ONE_HOP0 = {"relations": ["read"], "graph": GraphParams(hops=0)}  # Text-to-Persona only, one call a document
 from personahub.tasks.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +54,8 @@ def server(fake: FakeOpenAIServer) -> FakeOpenAIServer:
 
 def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 6)
-    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, rows_per_bucket=2)
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, rows_per_bucket=2,
+                            **ONE_HOP0)
 
     summary = build_hub(params)
 
@@ -102,7 +106,7 @@ def test_bad_responses_are_quarantined_and_duplicates_recorded(server, tmp_path)
     server.reset(responder)
     corpus = write_corpus(tmp_path / "corpus", 6)
     store_dir = tmp_path / "store"
-    summary = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(store_dir), llm_base_url=server.base_url))
+    summary = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(store_dir), llm_base_url=server.base_url, **ONE_HOP0))
 
     t2p = summary["stages"][2]
     assert t2p["counts"] == {"rows_in": 6, "rows_out": 3, "filtered": 0, "quarantined": 3}
@@ -130,7 +134,7 @@ def test_cli_against_fake_server_and_s3(server, s3_server, tmp_path, monkeypatch
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     corpus = write_corpus(tmp_path / "corpus", 4)
     store_url = f"s3://{S3_BUCKET}/cli-{os.getpid()}-{time.monotonic_ns()}"
-    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--store", store_url, "--rows-per-bucket", "2"]
+    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--store", store_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -160,7 +164,7 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 12)
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "personahub.cli", "build", str(corpus), "--store", str(store_dir),
-           "--llm-base-url", server.base_url, "--rows-per-bucket", "2"]
+           "--llm-base-url", server.base_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
     env = {**os.environ, "PERSONAHUB_LLM_MAX_CONCURRENCY": "2"}
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -208,7 +212,8 @@ def test_same_flow_against_a_prefect_server(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 3)
     with prefect_test_harness(server_startup_timeout=120):
         assert PREFECT_API_URL.value(), "the harness runs a real API server"
-        state = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url),
+        state = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url,
+                                         **ONE_HOP0),
                           return_state=True)
         assert state.is_completed()
         assert state.result()["personas"] == 3
