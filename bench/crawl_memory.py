@@ -344,7 +344,7 @@ def _stage(store: Path) -> str:
     return current
 
 
-def run_crawl(files: str, work: Path, flow_params: dict) -> dict:
+def run_crawl(files: str, work: Path, flow_params: dict, trace: Path | None = None) -> dict:
     """Crawl `files` in a child process; wall time, peak RSS (process, tree, per stage), counts."""
     store, prefect_home = work / "store", work / "prefect"
     for d in (store, prefect_home):
@@ -365,6 +365,8 @@ def run_crawl(files: str, work: Path, flow_params: dict) -> dict:
         t.start()
     stop = threading.Event()
 
+    trace_fh = open(trace, "w") if trace else None
+
     def sample() -> None:
         while not stop.is_set():
             kids = _children()
@@ -381,6 +383,8 @@ def run_crawl(files: str, work: Path, flow_params: dict) -> dict:
             out["tree_max_procs"] = max(out["tree_max_procs"], len(tree))
             out["stage_peak_kb"][stage] = max(out["stage_peak_kb"].get(stage, 0), rss)
             out["stage_tree_peak_kb"][stage] = max(out["stage_tree_peak_kb"].get(stage, 0), total)
+            if trace_fh:
+                trace_fh.write(f"{time.monotonic() - started:.1f}\t{stage}\t{rss // 1024}\t{total // 1024}\n")
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -390,6 +394,8 @@ def run_crawl(files: str, work: Path, flow_params: dict) -> dict:
     wall = time.monotonic() - started
     stop.set()
     sampler.join()
+    if trace_fh:
+        trace_fh.close()
     for t in readers:
         t.join()
     # ru_maxrss of wait4: the largest of the child and its waited-for descendants (kB on Linux)
@@ -468,6 +474,7 @@ def main() -> None:
     ap.add_argument("--rows-per-bucket", type=int, help="CrawlFlowParams.rows_per_bucket (default: the flow's)")
     ap.add_argument("--bytes-per-bucket", type=int, help="CrawlFlowParams.bytes_per_bucket (default: the flow's)")
     ap.add_argument("--batch-rows", type=int, help="CrawlParams.batch_rows (default: the flow's)")
+    ap.add_argument("--trace", type=Path, help="write the RSS samples (s, stage, MB, tree MB) of each run to TRACE.<n>.tsv")
     ap.add_argument("--generate-only", action="store_true", help="generate (or check) the corpora and stop")
     ap.add_argument("--clean", action="store_true", help="delete the generated corpora at the end")
     args = ap.parse_args()
@@ -500,9 +507,10 @@ def main() -> None:
         return
 
     rows = []
-    for label, kind, mb, files in plan:
+    for n, (label, kind, mb, files) in enumerate(plan):
         print(f"crawling {label} …", file=sys.stderr)
-        run = run_crawl(str(Path(corpora[label]["path"]) / "files"), args.out / "work", flow_params)
+        trace = args.trace.with_suffix(f".{n}.tsv") if args.trace else None
+        run = run_crawl(str(Path(corpora[label]["path"]) / "files"), args.out / "work", flow_params, trace)
         rows.append(row(label, corpora[label], run))
         r = rows[-1]
         print(f"  {r['flow s']:.0f} s, {r['MB/s uncompressed']:.1f} MB/s, peak RSS {r['peak RSS crawl process MB']:.0f} MB "

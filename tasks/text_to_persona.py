@@ -138,7 +138,8 @@ async def personas_for_documents(
     personas: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for (doc, relation), result in zip(jobs, results):
-        persona, reason = validate_persona(result, doc["text"], copies)
+        # Echoes are looked for in what the model saw, not in the whole (possibly huge) document.
+        persona, reason = validate_persona(result, doc["text"][:max_doc_chars], copies)
         if persona is None:
             rejected.append(
                 {

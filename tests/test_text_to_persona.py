@@ -50,6 +50,13 @@ def result(
         (result(None, text='{"persona": "A nurse who', parse_error="cut", finish="length"), "truncated"),
         (result({"persona": "A ... who ... who is likely to read this text"}), "placeholder"),
         (result({"persona": "A {persona} who is likely to read this text"}), "placeholder"),
+        # The persona text filters (tasks.persona_filters.check_persona), one per kind of junk:
+        (result({"persona": "I'm sorry, but I can't infer a persona from this text."}), "refusal"),
+        (result({"persona": "Dr. Elizabeth Anne Montgomery"}), "name_only"),
+        (result({"persona": "This article discusses how coral reefs bleach."}), "summary"),
+        (result({"persona": "Anonymous User (3rd-day-freshman) at 10:29 AM on Friday"}), "boilerplate"),
+        (result({"persona": "A 64 GB reporting replica of a 16-core machine"}), "not_a_person"),
+        (result({"persona": "A simple, simple person"}), "generic"),
     ],
 )
 def test_validate_rejections(res: ChatResult, reason: str) -> None:
@@ -74,6 +81,16 @@ def test_validate_echo_of_source_text() -> None:
     # A short persona that happens to occur in the text is fine (< 80 chars).
     short = "A marine biologist who studies coral reefs"
     assert validate_persona(result({"persona": short}), f"{short} is here.") == (short, None)
+
+
+def test_validate_passes_filter_options() -> None:
+    from personahub.tasks.persona_filters import PersonaFilterOptions
+
+    spanish = "Un biólogo marino que estudia los arrecifes de coral"
+    assert validate_persona(result({"persona": spanish}), "text") == (spanish, None)  # any language by default
+    english_only = PersonaFilterOptions(languages=("en",))
+    assert validate_persona(result({"persona": spanish}), "text", options=english_only) == (None, "language")
+    assert validate_persona(result({"persona": GOOD}), "text", options=english_only) == (GOOD, None)
 
 
 def test_validate_ok_normalises() -> None:
