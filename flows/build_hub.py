@@ -54,6 +54,8 @@ class BuildHubParams(BaseModel):
     max_doc_tokens: int = Field(512, ge=64, description="Token budget of the document excerpt sent to the LLM "
                                 "(≈4 characters a token; longer documents are truncated at a word boundary)")
     graph: GraphParams = Field(default_factory=GraphParams, description="Persona-to-Persona expansion")
+    filters: dict[str, Any] = Field(default_factory=dict, description="Persona quality filter options "
+                                    "(PersonaFilterOptions fields, e.g. {\"languages\": [\"en\"], \"min_words\": 5})")
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
     rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket (bounds dedup memory)")
@@ -116,6 +118,13 @@ class LLMEndpoint:
         self._stack.close()
 
 
+def filter_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The filter options in force, in full, so a changed default changes the stages' parameters."""
+    from personahub.tasks.persona_filters import PersonaFilterOptions
+
+    return PersonaFilterOptions.from_dict(dict(values)).as_dict()
+
+
 def hub_persona_ids(store: Any, hub: str, run_id: str) -> tuple[set[str], str | None]:
     """Persona ids of the hub as this run found it: its latest version published by another run
     (a rerun must not treat its own output as the existing hub), and that version."""
@@ -154,7 +163,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     model = resolve_model(settings)
     t2p_params = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
                   "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "sampling": sampling, "model": model,
-                  "input": manifest_digest(docs_manifest)}
+                  "filters": filter_options(params.filters), "input": manifest_digest(docs_manifest)}
     concurrency = max(1, math.ceil(settings.llm_max_concurrency / params.llm_shard_parallelism))
     with LLMEndpoint(settings) as endpoint:
         def llm() -> dict[str, Any]:
@@ -169,7 +178,8 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
         hub_ids, hub_version = hub_persona_ids(store, params.hub, run_id)
         graph_manifests, graph_reports = persona_graph_stages(
-            ctx, personas_manifest, params.graph, llm, model, hub_ids, hub_version, params.llm_shard_parallelism)
+            ctx, personas_manifest, params.graph, llm, model, hub_ids, hub_version, params.llm_shard_parallelism,
+            filter_options(params.filters))
         stages.extend(graph_reports)
 
     # 4. exact dedup of every node on persona_id (the lowest hop is kept), two passes

@@ -32,7 +32,7 @@ def data_files(manifest: dict[str, Any], kind: str = "data") -> list[str]:
 
 def persona_graph_stages(
     ctx: RunContext, hop0: dict[str, Any], params: GraphParams, llm: Callable[[], dict[str, Any]], model: str,
-    hub_ids: set[str], hub_version: str | None, llm_shard_parallelism: int,
+    hub_ids: set[str], hub_version: str | None, llm_shard_parallelism: int, filters: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every hop; returns (the node manifests of hops 1.., the stage reports)."""
     template = load_template("persona_to_persona")
@@ -61,7 +61,8 @@ def persona_graph_stages(
             break
         stage = f"persona_to_persona_h{hop}"
         stage_params = {"template": template.name, "template_ref": template.ref, "hop": hop, "k": params.k,
-                        "sampling": dict(template.params), "model": model, "input": manifest_digest(frontier)}
+                        "sampling": dict(template.params), "model": model, "filters": filters,
+                        "input": manifest_digest(frontier)}
         shards = {s["id"]: (s["files"]["data"],) for s in frontier["shards"] if s["rows"].get("data", 0) > 0}
         expanded, ran, skipped = run_stage(
             stage, ctx.checkpoint(stage, stage_params), shards,

@@ -364,6 +364,25 @@ class LLMGateway:
             structured_output=settings.llm_structured_output,
         )
 
+    @classmethod
+    def for_worker(cls, llm: Mapping[str, Any], store: Store | None) -> "LLMGateway":
+        """A gateway inside a task, from what the flow passed (base_url, model, concurrency) and
+        this worker's own settings: the API key comes from the worker's environment, never from
+        task parameters, so it is in no Prefect run record."""
+        from personahub.tasks.settings import load_settings
+
+        settings = load_settings()
+        return cls(
+            base_url=llm["base_url"],
+            model=llm["model"],
+            store=store,
+            api_key=settings.resolved_api_key(),
+            max_concurrency=llm["concurrency"],
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+            structured_output=settings.llm_structured_output,
+        )
+
     def __repr__(self) -> str:
         return f"LLMGateway(endpoint={self.endpoint!r}, model={self.model!r}, store={self.store!r})"
 

@@ -42,7 +42,6 @@ from personahub.tasks.llm_json import parse_json_lenient
 from personahub.tasks.persona_filters import PersonaFilterOptions, check_persona
 from personahub.tasks.prompt_templates import PromptTemplate, load_template
 from personahub.tasks.run_context import RunContext
-from personahub.tasks.settings import load_settings
 from personahub.tasks.store import Store
 from personahub.tasks.text_to_persona import PERSONA_SCHEMA, normalise_persona, persona_id_for
 
@@ -389,17 +388,7 @@ async def persona_to_persona_task(
     fields); `llm` holds base_url, model and concurrency (never a key: the worker's own settings
     supply it)."""
     template = load_template(params["template"])
-    settings = load_settings()
-    gateway = LLMGateway(
-        base_url=llm["base_url"],
-        model=llm["model"],
-        store=ctx.store,
-        api_key=settings.resolved_api_key(),
-        max_concurrency=llm["concurrency"],
-        timeout_s=settings.llm_timeout_s,
-        max_retries=settings.llm_max_retries,
-        structured_output=settings.llm_structured_output,
-    )
+    gateway = LLMGateway.for_worker(llm, ctx.store)
     hop = int(params["hop"])
     async with gateway:
         return await persona_to_persona_shard(

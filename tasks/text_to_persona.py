@@ -25,7 +25,6 @@ from personahub.tasks.persona_filters import (
 )
 from personahub.tasks.prompt_templates import PromptTemplate, load_template
 from personahub.tasks.run_context import RunContext
-from personahub.tasks.settings import load_settings
 from personahub.tasks.store import Store
 
 PERSONA_SCHEMA = pa.schema(
@@ -127,6 +126,7 @@ async def personas_for_documents(
     relations: list[str],
     max_doc_chars: int,
     params: dict[str, Any],
+    options: PersonaFilterOptions = DEFAULT_OPTIONS,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Persona rows and rejected rows for a table of documents."""
     rows = docs.select(["doc_id", "source", "text"]).to_pylist()
@@ -139,7 +139,7 @@ async def personas_for_documents(
     rejected: list[dict[str, Any]] = []
     for (doc, relation), result in zip(jobs, results):
         # Echoes are looked for in what the model saw, not in the whole (possibly huge) document.
-        persona, reason = validate_persona(result, doc["text"][:max_doc_chars], copies)
+        persona, reason = validate_persona(result, doc["text"][:max_doc_chars], copies, options)
         if persona is None:
             rejected.append(
                 {
@@ -184,10 +184,11 @@ async def text_to_persona_shard(
     relations: list[str],
     max_doc_chars: int,
     params: dict[str, Any],
+    options: PersonaFilterOptions = DEFAULT_OPTIONS,
 ) -> dict[str, Any]:
     """Persona and quarantine tables for one document shard; returns counts and token usage."""
     docs = store.read_parquet(docs_file, columns=["doc_id", "source", "text"])
-    personas, rejected = await personas_for_documents(gateway, template, docs, relations, max_doc_chars, params)
+    personas, rejected = await personas_for_documents(gateway, template, docs, relations, max_doc_chars, params, options)
     counts = ShardCounts(
         rows_in=docs.num_rows * len(relations), rows_out=len(personas), filtered=0, quarantined=len(rejected)
     )
@@ -215,17 +216,7 @@ async def text_to_persona_task(
     """Prefect task: personas for one document shard. `llm` holds base_url, model and concurrency
     (never a key: the worker's own settings supply it)."""
     template = load_template(params["template"])
-    settings = load_settings()
-    gateway = LLMGateway(
-        base_url=llm["base_url"],
-        model=llm["model"],
-        store=ctx.store,
-        api_key=settings.resolved_api_key(),
-        max_concurrency=llm["concurrency"],
-        timeout_s=settings.llm_timeout_s,
-        max_retries=settings.llm_max_retries,
-        structured_output=settings.llm_structured_output,
-    )
+    gateway = LLMGateway.for_worker(llm, ctx.store)
     async with gateway:
         return await text_to_persona_shard(
             ctx.checkpoint("text_to_persona", params),
@@ -237,4 +228,5 @@ async def text_to_persona_task(
             params["relations"],
             params["max_doc_chars"],
             params["sampling"],
+            PersonaFilterOptions.from_dict(dict(params.get("filters") or {})),
         )

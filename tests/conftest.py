@@ -11,6 +11,8 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="personahub-test-prefect-")
+# The ephemeral API server's 20 s start budget is too tight on a loaded 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 for _name in [n for n in os.environ if n.startswith("PERSONAHUB_") and n != "PERSONAHUB_SHARED_DATA"]:
     del os.environ[_name]  # a developer's own configuration must not leak into the tests
 

@@ -92,3 +92,15 @@ def test_hub_personas_are_not_expanded_again(server, tmp_path: Path) -> None:
     second = build_hub(first.model_copy(update={"graph": GraphParams(hops=1, k=3, max_new_per_hop=10)}))
     frontier = next(s for s in second["stages"] if s["stage"] == "p2p_frontier_h1")
     assert frontier["counts"]["rows_out"] == 0 and frontier["counts"]["filtered"] > 0
+
+
+def test_filter_options_reach_both_llm_stages(server, tmp_path: Path) -> None:
+    """A build parameter tightens the filters of Text-to-Persona and Persona-to-Persona alike."""
+    params = BuildHubParams(corpus=[str(corpus(tmp_path / "c", 2))], store=str(tmp_path / "store"),
+                            llm_base_url=server.base_url, relations=["read"],
+                            graph=GraphParams(hops=1, k=2, max_new_per_hop=4), filters={"min_words": 200})
+    summary = build_hub(params)
+    by_stage = {s["stage"]: s for s in summary["stages"]}
+    assert by_stage["text_to_persona"]["counts"]["rows_out"] == 0
+    assert by_stage["text_to_persona"]["reasons"] == {"too_short": 2}
+    assert summary["personas"] == 0
