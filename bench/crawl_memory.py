@@ -15,17 +15,23 @@ Each corpus is then crawled by the real flow (`personahub.flows.crawl.crawl`, as
 runs it) in a child process with a fresh store and PREFECT_HOME, so the RSS is the crawl's alone.
 The parent samples /proc every 0.2 s: the crawl process's RSS (and its kernel high-water mark,
 VmHWM) and the sum over its process tree (Prefect's ephemeral API server is a child process), and
-which stage is running (crawl → crawl_dedup_partition → crawl_dedup, from the store's folders), so
-the peak is attributed to a stage. `--small-jsonl-mb` / `--small-warc-mb` run the same on a
-smaller corpus first, to show that memory does not grow with the corpus.
+which stage is running (the first of crawl → crawl_dedup_partition → crawl_dedup whose manifest is
+not written yet; "start" is Prefect's start-up before the first stage), so the peak is attributed
+to a stage. `--small-jsonl-mb` / `--small-warc-mb` run the same on a smaller corpus first, to show
+whether memory grows with the corpus. Throughput (MB/s) is over the flow's time (the
+`personahub.flows.crawl` import excluded, Prefect's start-up included).
 
-    .venv/bin/python bench/crawl_memory.py                      # 2 GB JSONL + 600 MB WARC, + 200 MB / 60 MB
-    .venv/bin/python bench/crawl_memory.py --jsonl-mb 200 --warc-mb 40 --small-jsonl-mb 0 --small-warc-mb 0
-    .venv/bin/python bench/crawl_memory.py --rows-per-bucket 50000 --bytes-per-bucket 32000000   # dedup knobs
+    .venv/bin/python bench/crawl_memory.py           # 200 MB + 2 GB JSONL, 60 MB + 600 MB WARC (~10 min)
+    .venv/bin/python bench/crawl_memory.py --only jsonl --small-jsonl-mb 0 --batch-rows 500 \
+        --bytes-per-bucket 32000000                  # the memory knobs of CrawlFlowParams / CrawlParams
+    .venv/bin/python bench/crawl_memory.py --jsonl-mb 100 --warc-mb 20 --small-jsonl-mb 0 --small-warc-mb 0
 
-Options: --out DIR (default /tmp/personahub-bench-crawl: data/ is kept and reused, store/ and
-prefect/ are deleted after each run), --clean (delete the generated data at the end),
---only jsonl|warc, --seed N. Prints Markdown tables to stdout.
+Options: --out DIR (default /tmp/personahub-bench-crawl: data/ is kept and reused when the sizes and
+seed match, work/ (store, PREFECT_HOME) is deleted after each run), --clean (also delete the
+generated data at the end), --only jsonl|warc, --seed N, --rows-per-bucket / --bytes-per-bucket /
+--batch-rows (flow parameters), --partition-batch-rows N (what-if: patches the default batch size
+of dedup_exact.partition_shard, which the flow does not expose, in the child process only),
+--trace FILE (RSS samples per run), --generate-only. Prints Markdown tables to stdout.
 """
 
 from __future__ import annotations
@@ -292,9 +298,12 @@ def ensure_corpus(kind: str, root: Path, mb: float, files: int, seed: int) -> di
 
 # --- running the crawl in a child process --------------------------------------------------------
 CHILD = r"""
-import json, sys, time
+import json, os, sys, time
 started = time.monotonic()
 from personahub.flows.crawl import CrawlFlowParams, crawl
+if os.environ.get("BENCH_PARTITION_BATCH_ROWS"):  # what-if only: partition_shard's batch_rows default
+    from personahub.tasks import dedup_exact
+    dedup_exact.partition_shard.__defaults__ = (int(os.environ["BENCH_PARTITION_BATCH_ROWS"]),)
 imported = time.monotonic()
 params = CrawlFlowParams(**json.loads(sys.argv[1]))
 summary = crawl(params)
@@ -336,15 +345,18 @@ def _rss_kb(pid: int) -> tuple[int, int]:
 
 
 def _stage(store: Path) -> str:
-    current = "start"
-    for run in store.glob("runs/*"):
-        for name in STAGES:
-            if (run / name).exists() and STAGES.index(name) >= (STAGES.index(current) if current in STAGES else -1):
-                current = name
-    return current
+    """The running stage: the first whose manifest (written when it ends) is not there yet."""
+    runs = list(store.glob("runs/*"))
+    if not runs:
+        return "start"
+    for name in STAGES:
+        if not any((run / name / "manifest.json").exists() for run in runs):
+            return name
+    return "done"
 
 
-def run_crawl(files: str, work: Path, flow_params: dict, trace: Path | None = None) -> dict:
+def run_crawl(files: str, work: Path, flow_params: dict, trace: Path | None = None,
+              partition_batch_rows: int | None = None) -> dict:
     """Crawl `files` in a child process; wall time, peak RSS (process, tree, per stage), counts."""
     store, prefect_home = work / "store", work / "prefect"
     for d in (store, prefect_home):
@@ -352,6 +364,8 @@ def run_crawl(files: str, work: Path, flow_params: dict, trace: Path | None = No
     prefect_home.mkdir(parents=True)
     env = {**os.environ, "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_HOME": str(prefect_home)}
+    if partition_batch_rows:
+        env["BENCH_PARTITION_BATCH_ROWS"] = str(partition_batch_rows)
     params = {"sources": [files], "store": str(store), **flow_params}
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(params)], env=env,
@@ -450,11 +464,12 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     lines += ["", "Peak RSS of the crawl process by stage (MB; process tree in brackets):", "",
-              "| corpus | " + " | ".join(STAGES) + " | store MB | reasons (pass 1) |", "|---|" + "---|" * (len(STAGES) + 2)]
+              "| corpus | " + " | ".join(("start",) + STAGES) + " | store MB | reasons (pass 1) |",
+              "|---|" + "---|" * (len(STAGES) + 3)]
     for r in rows:
         run = r["_run"]
         cells = [f"{run['stage_peak_kb'].get(s, 0) * 1024 / MB:,.0f} ({run['stage_tree_peak_kb'].get(s, 0) * 1024 / MB:,.0f})"
-                 for s in STAGES]
+                 for s in ("start",) + STAGES]
         reasons = ", ".join(f"{k}: {v}" for k, v in r["_read"]["reasons"].items()) or "-"
         lines.append(f"| {r['corpus']} | " + " | ".join(cells) + f" | {run['store_mb']:,.0f} | {reasons} |")
     return "\n".join(lines)
@@ -474,6 +489,8 @@ def main() -> None:
     ap.add_argument("--rows-per-bucket", type=int, help="CrawlFlowParams.rows_per_bucket (default: the flow's)")
     ap.add_argument("--bytes-per-bucket", type=int, help="CrawlFlowParams.bytes_per_bucket (default: the flow's)")
     ap.add_argument("--batch-rows", type=int, help="CrawlParams.batch_rows (default: the flow's)")
+    ap.add_argument("--partition-batch-rows", type=int,
+                    help="what-if: patch dedup_exact.partition_shard's batch_rows default (10,000) in the child")
     ap.add_argument("--trace", type=Path, help="write the RSS samples (s, stage, MB, tree MB) of each run to TRACE.<n>.tsv")
     ap.add_argument("--generate-only", action="store_true", help="generate (or check) the corpora and stop")
     ap.add_argument("--clean", action="store_true", help="delete the generated corpora at the end")
@@ -510,13 +527,15 @@ def main() -> None:
     for n, (label, kind, mb, files) in enumerate(plan):
         print(f"crawling {label} …", file=sys.stderr)
         trace = args.trace.with_suffix(f".{n}.tsv") if args.trace else None
-        run = run_crawl(str(Path(corpora[label]["path"]) / "files"), args.out / "work", flow_params, trace)
+        run = run_crawl(str(Path(corpora[label]["path"]) / "files"), args.out / "work", flow_params, trace,
+                        args.partition_batch_rows)
         rows.append(row(label, corpora[label], run))
         r = rows[-1]
         print(f"  {r['flow s']:.0f} s, {r['MB/s uncompressed']:.1f} MB/s, peak RSS {r['peak RSS crawl process MB']:.0f} MB "
               f"(tree {r['peak RSS process tree MB']:.0f} MB, {run['tree_max_procs']} processes)", file=sys.stderr)
 
-    print(f"Flow parameters: {json.dumps(flow_params) if flow_params else 'defaults'}; "
+    patched = f"; partition_shard batch_rows patched to {args.partition_batch_rows}" if args.partition_batch_rows else ""
+    print(f"Flow parameters: {json.dumps(flow_params) if flow_params else 'defaults'}{patched}; "
           f"python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
     print(markdown(rows))
     if args.clean:

@@ -164,14 +164,16 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     t2p_params = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
                   "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "sampling": sampling, "model": model,
                   "filters": filter_options(params.filters), "input": manifest_digest(docs_manifest)}
-    concurrency = max(1, math.ceil(settings.llm_max_concurrency / params.llm_shard_parallelism))
     with LLMEndpoint(settings) as endpoint:
-        def llm() -> dict[str, Any]:
+        def llm(shards_in_stage: int) -> dict[str, Any]:
+            # Shards in flight share the request budget; a stage with fewer shards gives each more.
+            in_flight = max(1, min(params.llm_shard_parallelism, shards_in_stage))
+            concurrency = max(1, math.ceil(settings.llm_max_concurrency / in_flight))
             return {"base_url": endpoint.base_url, "model": model, "concurrency": concurrency}
 
         personas_manifest, ran, skipped = run_stage(
             "text_to_persona", ctx.checkpoint("text_to_persona", t2p_params), doc_files,
-            lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm()),
+            lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm(len(doc_files))),
             batch=params.llm_shard_parallelism)
         stages.append(stage_report("text_to_persona", personas_manifest, ran, skipped))
 

@@ -31,7 +31,7 @@ def data_files(manifest: dict[str, Any], kind: str = "data") -> list[str]:
 
 
 def persona_graph_stages(
-    ctx: RunContext, hop0: dict[str, Any], params: GraphParams, llm: Callable[[], dict[str, Any]], model: str,
+    ctx: RunContext, hop0: dict[str, Any], params: GraphParams, llm: Callable[[int], dict[str, Any]], model: str,
     hub_ids: set[str], hub_version: str | None, llm_shard_parallelism: int, filters: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run every hop; returns (the node manifests of hops 1.., the stage reports)."""
@@ -66,7 +66,7 @@ def persona_graph_stages(
         shards = {s["id"]: (s["files"]["data"],) for s in frontier["shards"] if s["rows"].get("data", 0) > 0}
         expanded, ran, skipped = run_stage(
             stage, ctx.checkpoint(stage, stage_params), shards,
-            lambda sid, a: persona_to_persona.persona_to_persona_task.submit(ctx, stage_params, sid, *a, llm()),
+            lambda sid, a: persona_to_persona.persona_to_persona_task.submit(ctx, stage_params, sid, *a, llm(len(shards))),
             batch=llm_shard_parallelism)
         reports.append(stage_report(stage, expanded, ran, skipped))
         manifests.append(expanded)
