@@ -313,7 +313,6 @@ print("BENCH-RESULT " + json.dumps({"import_s": imported - started, "flow_s": do
 """
 
 STAGES = ("crawl", "crawl_dedup_partition", "crawl_dedup")
-PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def _children() -> dict[int, list[int]]:

@@ -59,7 +59,7 @@ def bucket_of(keys: pa.Array, n_buckets: int) -> list[int]:
 
 def partition_shard(
     checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, n_buckets: int, key: str,
-    batch_rows: int = 10_000,
+    batch_rows: int = 1_000,
 ) -> dict[str, Any]:
     """Pass 1: split one shard into per-bucket files (kinds b00000, b00001, …), a row group at a
     time, so memory holds one batch however large the shard."""
@@ -92,6 +92,14 @@ def split_first(table: pa.Table, spec: DedupSpec) -> tuple[pa.Table, pa.Table]:
     return kept, dupes
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, in order (absent ones null): files of one bucket may
+    come from several stages."""
+    arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def dedup_bucket(
     checkpoint: StageCheckpoint,
     store: Store,
@@ -99,10 +107,27 @@ def dedup_bucket(
     files: list[str],
     spec: DedupSpec,
     prefilter: BucketFilter | None = None,
+    batch_rows: int = 1_000,
 ) -> dict[str, Any]:
-    """Pass 2: keep one row per key within a bucket, record the rest as duplicates."""
-    # Inputs may come from several stages (hop-0 and expanded personas): columns unify by name.
-    table = pa.concat_tables([store.read_parquet(f) for f in files], promote_options="default")
+    """Pass 2: keep one row per key within a bucket, record the rest as duplicates.
+
+    Only the narrow columns the decision needs (key, order, references) are held for the whole
+    bucket; the full rows (with their text) are then streamed file by file through the kept set, so
+    memory is those narrow columns plus one batch, however much text the bucket holds.
+    """
+    schemas = []
+    for f in files:
+        with store.fs.open(store.full(f), "rb") as fh:
+            schemas.append(pq.ParquetFile(fh).schema_arrow)
+    schema = pa.unify_schemas(schemas, promote_options="default")
+    wanted = list(dict.fromkeys([spec.key, *spec.order, *spec.kept_refs, *spec.dupe_columns]))
+    narrow_schema = pa.schema([schema.field(c) if c in schema.names else pa.field(c, pa.string()) for c in wanted])
+    parts = []
+    for index, (f, file_schema) in enumerate(zip(files, schemas)):
+        part = _conform(store.read_parquet(f, columns=[c for c in wanted if c in file_schema.names]), narrow_schema)
+        part = part.append_column("_file", pa.array([index] * part.num_rows, pa.int32()))
+        parts.append(part.append_column("_row", pa.array(range(part.num_rows), pa.int64())))
+    table = pa.concat_tables(parts)
     rows_in = table.num_rows
     reasons: dict[str, int] = {}
     if prefilter is not None:
@@ -110,9 +135,24 @@ def dedup_bucket(
     kept, dupes = split_first(table, spec)
     if dupes.num_rows:
         reasons["duplicate"] = dupes.num_rows
-    counts = ShardCounts(rows_in=rows_in, rows_out=kept.num_rows, filtered=rows_in - kept.num_rows)
-    checkpoint.write_shard(bucket_id, {"data": kept, "duplicates": dupes}, counts, extra={"reasons": reasons})
-    return {"shard_id": bucket_id, "counts": counts.__dict__, "reasons": reasons}
+    keep: dict[int, set[int]] = {}
+    for file_index, row in zip(kept.column("_file").to_pylist(), kept.column("_row").to_pylist()):
+        keep.setdefault(file_index, set()).add(row)
+    with checkpoint.open_shard(bucket_id, {"data": schema, "duplicates": dupes.schema}) as shard:
+        for index, f in enumerate(files):
+            rows = keep.get(index, set())
+            if not rows:
+                continue
+            offset = 0
+            with store.fs.open(store.full(f), "rb") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_rows):
+                    mask = pa.array([offset + i in rows for i in range(batch.num_rows)], pa.bool_())
+                    offset += batch.num_rows
+                    shard.write("data", _conform(pa.Table.from_batches([batch]).filter(mask), schema))
+        shard.write("duplicates", dupes)
+        shard.counts = ShardCounts(rows_in=rows_in, rows_out=kept.num_rows, filtered=rows_in - kept.num_rows)
+        shard.extra = {"reasons": reasons}
+    return {"shard_id": bucket_id, "counts": shard.counts.__dict__, "reasons": reasons}
 
 
 def files_by_bucket(partition_manifest: dict[str, Any]) -> dict[str, list[str]]:

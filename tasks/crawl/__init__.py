@@ -63,7 +63,7 @@ class CrawlParams(BaseModel):
     max_record_bytes: int = Field(10_000_000, ge=1024, description="Larger raw records are quarantined unread")
     strip_gutenberg: bool = Field(True, description="Remove Project Gutenberg headers and licences")
     strip_boilerplate: bool = Field(True, description="Remove short cookie/share/navigation lines")
-    batch_rows: int = Field(2_000, ge=1, description="Documents per Parquet row group (bounds memory)")
+    batch_rows: int = Field(500, ge=1, description="Documents per Parquet row group written (bounds memory with max_chars)")
 
     def reader_options(self) -> ReaderOptions:
         return ReaderOptions(text_field=self.text_field, max_record_bytes=self.max_record_bytes)
