@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
-from personahub.flows.stage_runner import manifest_digest, run_exact_dedup, run_stage, stage_report, stages_markdown
+from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_exact_dedup, run_stage, stage_report, stages_markdown
 from personahub.tasks import publish, text_to_persona
 from personahub.tasks.checkpoint import params_hash
 from personahub.tasks.crawl import CrawlParams
@@ -139,7 +139,7 @@ def hub_persona_ids(store: Any, hub: str, run_id: str) -> tuple[set[str], str | 
     return set(), None
 
 
-@flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
 def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     """Build (or resume) a hub version from the corpus in `params`."""
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model)

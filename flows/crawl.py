@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.stage_runner import run_exact_dedup, run_stage, stage_report, stages_markdown
+from personahub.flows.stage_runner import TASK_WORKERS, run_exact_dedup, run_stage, stage_report, stages_markdown
 from personahub.tasks import crawl as crawl_stage
 from personahub.tasks.checkpoint import params_hash
 from personahub.tasks.run_context import RunContext
@@ -64,7 +64,7 @@ def crawl_stages(
     return docs_manifest, reports
 
 
-@flow(name="crawl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=4))
+@flow(name="crawl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
 def crawl(params: CrawlFlowParams) -> dict[str, Any]:
     """Crawl the sources into deduplicated document shards under runs/<run_id>/crawl_dedup/."""
     settings = load_settings(store=params.store)

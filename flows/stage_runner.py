@@ -16,6 +16,11 @@ from personahub.tasks import dedup_exact
 from personahub.tasks.checkpoint import StageCheckpoint, params_hash
 from personahub.tasks.run_context import RunContext
 
+# Tasks in flight per flow process. Shard tasks are CPU-bound on this project's reference machine (2
+# cores); more threads add memory (one batch each), not speed: 4 → 2 cut the crawl's peak RSS from
+# 1.25 GB to 0.87 GB on 2 GB of JSONL at the same MB/s (BENCHMARKS.md). Past one machine, Dask sets it.
+TASK_WORKERS = 2
+
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
     """A downstream stage depends on exactly which upstream shards and rows it read."""

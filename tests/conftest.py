@@ -110,3 +110,18 @@ def embedded_model() -> tuple:
             pytest.fail(f"CI must have the embedded model (scripts/setup.sh): {missing}")
         pytest.skip(missing)
     return binary, model
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    """One fake OpenAI-compatible server for the flow tests (tests/fake_openai.py)."""
+    from fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def server(fake_llm):
+    """The fake server, reset: default responder, no recorded requests."""
+    return fake_llm.reset()

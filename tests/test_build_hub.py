@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from fake_openai import FakeOpenAIServer, FakeReply, default_responder
+from fake_openai import FakeReply, default_responder
 from personahub.flows.build_hub import BuildHubParams, build_hub
 from personahub.flows.persona_graph import GraphParams
 
@@ -39,17 +39,6 @@ def doc_marker(body: dict) -> str | None:
     text = body["messages"][-1]["content"]
     start = text.find("Field notes ")
     return text[start : text.find(":", start)] if start >= 0 else None
-
-
-@pytest.fixture(scope="module")
-def fake() -> FakeOpenAIServer:
-    with FakeOpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(fake: FakeOpenAIServer) -> FakeOpenAIServer:
-    return fake.reset()
 
 
 def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):

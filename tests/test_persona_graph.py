@@ -8,23 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fake_openai import FakeOpenAIServer
 from personahub.flows.build_hub import BuildHubParams, build_hub
 from personahub.flows.persona_graph import GraphParams
 from personahub.tasks.store import Store
 
 LONG = " The volunteers met at the harbour office and planned the spring survey of the salt marsh."
-
-
-@pytest.fixture(scope="module")
-def fake() -> FakeOpenAIServer:
-    with FakeOpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture
-def server(fake: FakeOpenAIServer) -> FakeOpenAIServer:
-    return fake.reset()
 
 
 def corpus(root: Path, n: int = 4) -> Path:
