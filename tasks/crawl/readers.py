@@ -139,20 +139,19 @@ def decode_text(raw: bytes) -> str:
 
 
 def _read_capped(url: str, options: ReaderOptions) -> bytes | Record:
-    """The whole file, or an over_cap Record when it is larger than max_record_bytes."""
-    with fsspec.open(url, "rb") as fh:
-        raw = fh.read(options.max_record_bytes + 1)
+    """The whole file, or the Record that quarantines it (unreadable, or over max_record_bytes)."""
+    try:
+        with fsspec.open(url, "rb") as fh:
+            raw = fh.read(options.max_record_bytes + 1)
+    except OSError as exc:
+        return Record(url, -1, None, error=f"unreadable: {_exc(exc)}")
     if len(raw) > options.max_record_bytes:
         return Record(url, 0, None, error=f"over_cap: file larger than {options.max_record_bytes} bytes")
     return raw
 
 
 def read_text_file(url: str, options: ReaderOptions) -> Iterator[Record]:
-    try:
-        raw = _read_capped(url, options)
-    except OSError as exc:
-        yield Record(url, -1, None, error=f"unreadable: {_exc(exc)}")
-        return
+    raw = _read_capped(url, options)
     if isinstance(raw, Record):
         yield raw
         return
@@ -166,11 +165,7 @@ def read_text_file(url: str, options: ReaderOptions) -> Iterator[Record]:
 
 
 def read_html_file(url: str, options: ReaderOptions) -> Iterator[Record]:
-    try:
-        raw = _read_capped(url, options)
-    except OSError as exc:
-        yield Record(url, -1, None, error=f"unreadable: {_exc(exc)}")
-        return
+    raw = _read_capped(url, options)
     if isinstance(raw, Record):
         yield raw
         return
