@@ -152,6 +152,7 @@ class Store:
             discard = getattr(fh, "discard", None)  # s3fs: abort the multipart upload
             if discard is not None:
                 discard()
+                fh.closed = True  # or garbage collection "closes" it again and flushes a discarded buffer
             raise
         fh.close()
 
