@@ -59,23 +59,29 @@ class Store:
         return path if self.is_local else f"{self.protocol}://{path}"
 
     # --- bytes -------------------------------------------------------------------------------
+    @staticmethod
+    @contextlib.contextmanager
+    def _local_atomic(path: str) -> Iterator[str]:
+        """A temporary name beside `path`, renamed onto it when the block succeeds; a failed block
+        leaves neither the temporary file nor a changed `path` behind."""
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+
     def write_bytes(self, rel: str, data: bytes) -> None:
         path = self.full(rel)
         if self.is_local:
-            parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                # A failed write must not leave its temporary file behind (the old content stays).
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tmp)
-                raise
+            with self._local_atomic(path) as tmp, open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
         else:
             self.fs.pipe_file(path, data)
 
@@ -132,17 +138,9 @@ class Store:
         """
         path = self.full(rel)
         if self.is_local:
-            parent = os.path.dirname(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
+            with self._local_atomic(path) as tmp:
                 with pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION) as writer:
                     yield writer
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(tmp)
-                raise
             return
         fh = self.fs.open(path, "wb")
         try:

@@ -51,18 +51,6 @@ def echo(body: dict) -> FakeReply:
     return FakeReply(content=f"echo: {body['messages'][-1]['content']}", prompt_tokens=10, completion_tokens=5)
 
 
-@pytest.fixture(scope="module")
-def shared_server():
-    with FakeOpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def server(shared_server):
-    """One server for the module (stopping one takes ~0.2 s), reset to its defaults per test."""
-    return shared_server.reset()
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return Store(str(tmp_path / "store"))
