@@ -1,0 +1,224 @@
+"""MinHash signatures and LSH band keys for a batch of texts, vectorised.
+
+The hash family is datasketch's own (datasketch >= 2.0, scheme "affine32", seed 1): each word is
+hashed with sha1_hash32, pre-mixed with datasketch's MurmurHash3 finalizer, then permuted by
+h -> a*h + b mod 2^32 with the (a, b) pairs datasketch draws for `MinHash(num_perm, seed)`. The
+parameters are taken from datasketch itself rather than copied, so a signature here equals
+`datasketch.MinHash(num_perm, seed)` updated with the same words (tests/test_minhash.py checks it)
+and stored signatures stay comparable with sketches users make with datasketch.
+
+Speed comes from doing per-record work in C: pyarrow lower-cases and splits the whole batch,
+dictionary-encodes the words so each distinct word is sha1-hashed once per batch, and one compiled
+loop (numba) takes the minimum over each record's words for all permutations.
+
+Words are the paper's "word 1-grams": lower-cased runs of letters and digits, so case and
+punctuation changes do not make two personas differ and word order does not matter.
+(Letters, digits, combining marks and "_" in any script; the rest separates words.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numba
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasketch import MinHash
+from datasketch.minhash import _fmix
+
+NUM_PERM = 128
+SEED = 1
+THRESHOLD = 0.9
+# Worst-case probability that a pair exactly at the threshold becomes a candidate; see choose_banding.
+MIN_CANDIDATE_PROBABILITY = 0.999
+# RE2 (pyarrow) reads \w as ASCII only: name the Unicode classes so "café" stays one word.
+_WORD_SEPARATORS = r"[^\p{L}\p{N}\p{M}_]+"
+
+
+@dataclass(frozen=True)
+class Banding:
+    bands: int
+    rows: int
+
+    def candidate_probability(self, similarity: float) -> float:
+        """P(a pair of Jaccard `similarity` shares at least one band) = 1 - (1 - s^r)^b."""
+        return 1.0 - (1.0 - similarity**self.rows) ** self.bands
+
+
+def choose_banding(threshold: float = THRESHOLD, num_perm: int = NUM_PERM,
+                   min_probability: float = MIN_CANDIDATE_PROBABILITY) -> Banding:
+    """The banding with the fewest false candidates whose recall at the threshold is >= min_probability.
+
+    datasketch's MinHashLSH picks (b, r) by balancing false positives against false negatives,
+    which for 0.9 and 128 permutations gives 5 x 25: a pair at exactly 0.9 becomes a candidate with
+    probability 1 - (1 - 0.9^25)^5 = 0.31 (76% of the >= 0.9 pairs of a real set were found). Here
+    every candidate is verified on its exact word sets, so a false candidate costs ~1 us while a
+    missed pair is a duplicate left in the hub: we take the longest bands (largest r, fewest false
+    candidates) that still make a pair *at* the threshold a candidate with probability >=
+    min_probability. For 0.9/128/0.999 that is 16 bands x 8 rows (P = 0.99987 at 0.9); 10 x 12
+    would give 0.994 and 14 x 9 0.9990 (just under).
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    best = Banding(num_perm, 1)
+    for rows in range(1, num_perm + 1):
+        banding = Banding(num_perm // rows, rows)
+        if banding.candidate_probability(threshold) >= min_probability:
+            best = banding
+        else:
+            break
+    return best
+
+
+@lru_cache(maxsize=8)
+def permutations(num_perm: int = NUM_PERM, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's (a, b) permutation parameters, as uint32 arrays."""
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    return np.ascontiguousarray(a, dtype=np.uint32), np.ascontiguousarray(b, dtype=np.uint32)
+
+
+@dataclass
+class Words:
+    """The words of a batch of texts: record i has word ids ids[offsets[i]:offsets[i+1]] into vocab."""
+
+    offsets: np.ndarray  # int64, n + 1
+    ids: np.ndarray  # int32
+    vocab: list[str]
+
+
+def split_words(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> Words:
+    """Lower-case word 1-grams of every text (null counts as empty)."""
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    arr = arr.cast(pa.large_string()).fill_null("")
+    # Trimmed, because a separator at either end would otherwise split off an empty word.
+    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(arr), _WORD_SEPARATORS, " "))
+    lists = pc.utf8_split_whitespace(spaced)
+    flat = lists.flatten()
+    # An empty text splits into one empty word: drop those, and rebuild the offsets.
+    nonempty = pc.greater(pc.utf8_length(flat), 0)
+    parents = pc.filter(pc.list_parent_indices(lists), nonempty).to_numpy()
+    flat = pc.filter(flat, nonempty)
+    offsets = np.zeros(len(arr) + 1, np.int64)
+    np.cumsum(np.bincount(parents, minlength=len(arr)), out=offsets[1:])
+    if len(flat) == 0:
+        return Words(offsets, np.zeros(0, np.int32), [])
+    encoded = flat.dictionary_encode()
+    return Words(offsets, encoded.indices.to_numpy().astype(np.int32), encoded.dictionary.to_pylist())
+
+
+def word_hashes(vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(sha1_hash32 of each word pre-mixed as datasketch does, a 64-bit hash for exact set comparison)."""
+    h32 = np.empty(len(vocab), np.uint32)
+    h64 = np.empty(len(vocab), np.uint64)
+    for i, word in enumerate(vocab):
+        digest = hashlib.sha1(word.encode("utf-8")).digest()
+        h32[i], h64[i] = struct.unpack_from("<IQ", digest)
+    # sha1_hash32 is the digest's first 4 bytes; datasketch then applies its finalizer once per word.
+    return _fmix(h32, 32).astype(np.uint32), h64
+
+
+@numba.njit(nogil=True, cache=True)
+def _signatures(offsets, ids, hv, a, b):  # pragma: no cover - compiled
+    n = offsets.shape[0] - 1
+    k = a.shape[0]
+    out = np.full((n, k), np.uint32(0xFFFFFFFF), dtype=np.uint32)
+    for i in range(n):
+        row = out[i]
+        for t in range(offsets[i], offsets[i + 1]):
+            h = hv[ids[t]]
+            for j in range(k):
+                # a*h + b mod 2^32: the uint32 wrap-around is the modulo, as in datasketch's affine32.
+                v = np.uint32(a[j] * h + b[j])
+                if v < row[j]:
+                    row[j] = v
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _word_sets(offsets, ids, h64):  # pragma: no cover - compiled
+    """Each record's distinct 64-bit word hashes, sorted (CSR)."""
+    n = offsets.shape[0] - 1
+    out_offsets = np.zeros(n + 1, np.int64)
+    values = np.empty(ids.shape[0], np.uint64)
+    pos = 0
+    for i in range(n):
+        start = pos
+        for t in range(offsets[i], offsets[i + 1]):
+            values[pos] = h64[ids[t]]
+            pos += 1
+        seg = np.sort(values[start:pos])
+        w = start
+        for j in range(seg.shape[0]):
+            if j == 0 or seg[j] != seg[j - 1]:
+                values[w] = seg[j]
+                w += 1
+        pos = w
+        out_offsets[i + 1] = pos
+    return out_offsets, values[:pos].copy()
+
+
+@numba.njit(nogil=True, cache=True)
+def _band_keys(sig, bands, rows):  # pragma: no cover - compiled
+    """One 64-bit key per (record, band): FNV-1a over the band's values, seeded by the band index.
+
+    Equal keys are candidates; a 64-bit collision only adds a candidate that verification drops.
+    """
+    n = sig.shape[0]
+    out = np.empty((n, bands), np.uint64)
+    prime = np.uint64(1099511628211)
+    for i in range(n):
+        for band in range(bands):
+            h = np.uint64(14695981039346656037) ^ np.uint64(band)
+            for j in range(band * rows, (band + 1) * rows):
+                v = sig[i, j]
+                for shift in range(0, 32, 8):
+                    h = (h ^ np.uint64((v >> shift) & 0xFF)) * prime
+            out[i, band] = h
+    return out
+
+
+@dataclass
+class Sketches:
+    """MinHash signatures, LSH band keys and exact word sets of a batch of texts."""
+
+    signatures: np.ndarray  # (n, num_perm) uint32
+    band_keys: np.ndarray  # (n, bands) uint64
+    set_offsets: np.ndarray  # (n + 1,) int64
+    set_values: np.ndarray  # uint64 word hashes, sorted per record
+    empty: np.ndarray  # bool: no words at all (such records are never candidates)
+
+
+def sketch(texts: pa.Array | pa.ChunkedArray | list[str | None], banding: Banding,
+           num_perm: int = NUM_PERM, seed: int = SEED) -> Sketches:
+    """Signatures, band keys and word sets for every text of a batch."""
+    if banding.bands * banding.rows > num_perm:
+        raise ValueError(f"{banding} needs more than {num_perm} permutations")
+    words = split_words(texts)
+    hv, h64 = word_hashes(words.vocab)
+    a, b = permutations(num_perm, seed)
+    signatures = _signatures(words.offsets, words.ids, hv, a, b)
+    set_offsets, set_values = _word_sets(words.offsets, words.ids, h64)
+    keys = _band_keys(signatures, banding.bands, banding.rows)
+    empty = np.diff(words.offsets) == 0
+    return Sketches(signatures, keys, set_offsets, set_values, empty)
+
+
+def rank_keys(persona_ids: pa.Array | pa.ChunkedArray | list[str], hop: np.ndarray | None = None,
+              tier: int = 1) -> np.ndarray:
+    """Which duplicate is kept: the lowest key wins. tier 0 (the existing hub) before tier 1 (new
+    personas), then the lowest hop (a persona from a document before one found by expansion),
+    then a hash of the persona id, so the choice never depends on shard or row order."""
+    ids = persona_ids.to_pylist() if isinstance(persona_ids, (pa.Array, pa.ChunkedArray)) else list(persona_ids)
+    hashed = pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False).astype(np.uint64)
+    hops = np.zeros(len(ids), np.uint64) if hop is None else np.clip(np.asarray(hop, np.int64), 0, 31).astype(np.uint64)
+    if tier not in (0, 1):
+        raise ValueError("tier is 0 (existing hub) or 1 (new)")
+    return (np.uint64(tier) << np.uint64(63)) | (hops << np.uint64(58)) | (hashed >> np.uint64(6))
+
