@@ -117,7 +117,7 @@ def truth_pairs(data: Path, limit: int | None) -> np.ndarray:
     sims = dedup_minhash.jaccard(a, b, sk.set_offsets, sk.set_values)
     keep = sims >= THRESHOLD
     lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-    return np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+    return dedup_minhash.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
 
 
 def _texts(data: Path, limit: int | None) -> list[str]:
@@ -171,12 +171,12 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
     # the verified pairs, for recall (outside the timing)
     packed = dedup_minhash.read_pairs(store, [s["files"]["pairs"] for s in pairs["shards"]])
     a, b = (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    nodes = np.unique(np.concatenate([a, b]))
+    nodes = dedup_minhash.unique(np.concatenate([a, b]))
     nd = dedup_minhash.load_nodes(store, inputs, nodes)
     sims = dedup_minhash.jaccard(np.searchsorted(nodes, a), np.searchsorted(nodes, b), nd.set_offsets, nd.set_values)
     ok = sims >= THRESHOLD
     lo, hi = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok])
-    found = np.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+    found = dedup_minhash.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "found.npy", found)
     del dedup_keep
@@ -212,7 +212,7 @@ def run_datasketch(data: Path, limit: int, work: Path) -> dict:
     cand = np.array(sorted(candidates), np.int64).reshape(-1, 2)
     sims = dedup_minhash.jaccard(cand[:, 0], cand[:, 1], sk.set_offsets, sk.set_values) if len(cand) else np.zeros(0)
     ok = cand[sims >= THRESHOLD]
-    found = np.unique((ok[:, 0].astype(np.uint64) << np.uint64(32)) | ok[:, 1].astype(np.uint64))
+    found = dedup_minhash.unique((ok[:, 0].astype(np.uint64) << np.uint64(32)) | ok[:, 1].astype(np.uint64))
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "found_datasketch.npy", found)
     b, r = lsh.b, lsh.r

@@ -33,7 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks import dedup_keep, minhash
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store
+from personahub.tasks.store import Store, incompressible
 
 # Band rows per partition (16 bytes each plus sort buffers): ~0.2 GB of arrays in the pairs step.
 BAND_ROWS_PER_PARTITION = 8_000_000
@@ -46,11 +46,12 @@ TIER_BIT = np.uint64(1 << 63)
 
 SKETCH_SCHEMA = pa.schema([
     pa.field("persona_id", pa.string()),
-    pa.field("rank", pa.uint64()),  # minhash.rank_keys without the tier bit, which is set on reading
-    pa.field("signature", pa.binary(4 * minhash.NUM_PERM)),
+    incompressible(pa.field("rank", pa.uint64())),  # minhash.rank_keys without the tier bit, set on reading
+    incompressible(pa.field("signature", pa.binary(4 * minhash.NUM_PERM))),
     pa.field("words", pa.list_(pa.uint64())),
 ])
-BAND_SCHEMA = pa.schema([pa.field("key", pa.uint64()), pa.field("rank", pa.uint64()), pa.field("row", pa.uint32())])
+BAND_SCHEMA = pa.schema([incompressible(pa.field("key", pa.uint64())), incompressible(pa.field("rank", pa.uint64())),
+                         pa.field("row", pa.uint32())])
 PAIR_SCHEMA = pa.schema([pa.field("a", pa.uint32()), pa.field("b", pa.uint32())])
 
 
@@ -111,6 +112,8 @@ def sketch_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, sourc
                 bounds = np.searchsorted(part[order], np.arange((1 << bits) + 1))
                 for p in range(1 << bits):
                     sel = order[bounds[p]:bounds[p + 1]]
+                    # sorted by key here, in parallel, so the pairs step merges sorted runs
+                    sel = sel[np.argsort(keys[sel], kind="stable")]
                     if len(sel):
                         shard.write(partition_kind(p), pa.table({"key": keys[sel], "rank": rank[sel], "row": node[sel]},
                                                                 schema=BAND_SCHEMA))
@@ -149,16 +152,36 @@ def _bucket_pairs(keys, nodes, fixed, window, out_a, out_b):  # pragma: no cover
     return count
 
 
+def unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. numpy >= 2.3's np.unique hashes integers, ~10x slower than sorting here."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), np.bool_)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
 def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, nodes: np.ndarray, fixed: np.ndarray,
                  window: int = WINDOW) -> np.ndarray:
     """Candidate pairs (packed a << 32 | b, a the earlier-ranked node), unique, from band rows."""
-    order = np.lexsort((nodes, ranks, keys))
-    keys, nodes, fixed = keys[order], nodes[order].astype(np.uint32), fixed[order]
+    # The sketch step wrote each file sorted by key: a stable sort merges those runs (timsort).
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    # Most keys are unique (a band shared by nobody): only rows in buckets of 2+ go further.
+    same = sorted_keys[1:] == sorted_keys[:-1]
+    shared = np.zeros(len(keys), np.bool_)
+    shared[1:] |= same
+    shared[:-1] |= same
+    rows = order[shared]
+    rows = rows[np.lexsort((nodes[rows], ranks[rows], keys[rows]))]
+    k, nd, fx = keys[rows], nodes[rows].astype(np.uint32), fixed[rows]
     none = np.zeros(0, np.uint32)
-    a = np.empty(_bucket_pairs(keys, nodes, fixed, window, none, none), np.uint32)
+    a = np.empty(_bucket_pairs(k, nd, fx, window, none, none), np.uint32)
     b = np.empty_like(a)
-    _bucket_pairs(keys, nodes, fixed, window, a, b)
-    return np.unique((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
+    _bucket_pairs(k, nd, fx, window, a, b)
+    return unique((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
 
 
 def _read_partition(store: Store, inputs: Sequence[SketchInput], partition: int, bits: int) -> tuple[np.ndarray, ...]:
@@ -269,7 +292,7 @@ def read_pairs(store: Store, files: Sequence[str]) -> np.ndarray:
     for f in files:
         t = store.read_parquet(f)
         parts.append((t.column("a").to_numpy().astype(np.uint64) << np.uint64(32)) | t.column("b").to_numpy().astype(np.uint64))
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    return unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
 
 
 REMOVED_SCHEMA = pa.schema([
@@ -305,7 +328,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Sketc
     packed = read_pairs(store, pair_files)
     a_glob = (packed >> np.uint64(32)).astype(np.int64)
     b_glob = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    nodes = np.unique(np.concatenate([a_glob, b_glob]))
+    nodes = unique(np.concatenate([a_glob, b_glob]))
     data = load_nodes(store, inputs, nodes)
     a, b = np.searchsorted(nodes, a_glob), np.searchsorted(nodes, b_glob)
     sims = jaccard(a, b, data.set_offsets, data.set_values)
@@ -317,7 +340,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Sketc
     total_new = sum(inp.rows for inp in inputs if not inp.fixed)
     counts = ShardCounts(rows_in=total_new, rows_out=total_new - removed.num_rows, filtered=removed.num_rows)
     extra = {"candidates": int(len(packed)), "verified_pairs": int(verified.sum()), "reasons": {"near_duplicate": removed.num_rows},
-             "groups": int(len(np.unique(selection.group[selection.removed])))}
+             "groups": int(len(unique(selection.group[selection.removed])))}
     checkpoint.write_shard("all", {"removed": removed}, counts, extra=extra)
     return {"counts": counts.__dict__, **extra}
 

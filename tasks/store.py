@@ -21,6 +21,22 @@ from fsspec.implementations.local import LocalFileSystem
 PARQUET_COMPRESSION = "zstd"
 
 
+UNCOMPRESSED = {b"compression": b"none"}
+
+
+def incompressible(field: pa.Field) -> pa.Field:
+    """Mark a column of random bits (hashes, signatures): zstd would spend time finding nothing."""
+    return field.with_metadata(UNCOMPRESSED)
+
+
+def compression_of(schema: pa.Schema) -> str | dict[str, str]:
+    """zstd, except for the columns marked incompressible."""
+    raw = [f.name for f in schema if f.metadata and f.metadata.get(b"compression") == b"none"]
+    if not raw:
+        return PARQUET_COMPRESSION
+    return {f.name: ("none" if f.name in raw else PARQUET_COMPRESSION) for f in schema}
+
+
 class Store:
     """A root URL plus an fsspec filesystem; every path given to it is relative to the root."""
 
@@ -123,7 +139,7 @@ class Store:
     def write_parquet(self, rel: str, table: pa.Table) -> int:
         """Write one Parquet object (zstd) atomically; returns its size in bytes."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression=PARQUET_COMPRESSION)
+        pq.write_table(table, buf, compression=compression_of(table.schema))
         data = buf.getvalue()
         self.write_bytes(rel, data)
         return len(data)
@@ -139,12 +155,12 @@ class Store:
         path = self.full(rel)
         if self.is_local:
             with self._local_atomic(path) as tmp:
-                with pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION) as writer:
+                with pq.ParquetWriter(tmp, schema, compression=compression_of(schema)) as writer:
                     yield writer
             return
         fh = self.fs.open(path, "wb")
         try:
-            with pq.ParquetWriter(fh, schema, compression=PARQUET_COMPRESSION) as writer:
+            with pq.ParquetWriter(fh, schema, compression=compression_of(schema)) as writer:
                 yield writer
         except BaseException:
             discard = getattr(fh, "discard", None)  # s3fs: abort the multipart upload

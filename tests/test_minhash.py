@@ -47,11 +47,12 @@ def test_case_punctuation_and_word_order_do_not_change_the_signature() -> None:
 
 
 def test_banding_is_chosen_for_recall_at_the_threshold() -> None:
-    b = minhash.choose_banding(0.9, 128, 0.999)
-    assert (b.bands, b.rows) == (16, 8)
-    assert b.candidate_probability(0.9) >= 0.999
-    # one row longer would miss more than 0.1% of the pairs exactly at 0.9
-    assert minhash.Banding(128 // 9, 9).candidate_probability(0.9) < 0.999
+    b = minhash.choose_banding(0.9, 128)
+    assert (b.bands, b.rows) == (14, 9)
+    assert b.candidate_probability(0.9) >= 0.995 and b.candidate_probability(0.95) > 0.99999
+    # one row longer would miss more than 0.5% of the pairs exactly at 0.9
+    assert minhash.Banding(128 // 10, 10).candidate_probability(0.9) < 0.995
+    assert minhash.choose_banding(0.9, 128, 0.9995) == minhash.Banding(16, 8)
     # datasketch's own choice for 0.9/128 finds far fewer
     assert minhash.Banding(5, 25).candidate_probability(0.9) < 0.35
     assert minhash.choose_banding(0.5).rows < b.rows
