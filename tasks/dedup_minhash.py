@@ -255,7 +255,7 @@ class NodeData:
     """Persona id, rank and word set of the nodes a selection needs, by compact index."""
 
     nodes: np.ndarray  # global node ids, sorted
-    persona_id: list[str]
+    persona_id: pa.Array
     rank: np.ndarray
     fixed: np.ndarray
     set_offsets: np.ndarray
@@ -264,7 +264,7 @@ class NodeData:
 
 def load_nodes(store: Store, inputs: Sequence[SketchInput], nodes: np.ndarray, columns: Iterable[str] = ("persona_id", "rank", "words")) -> NodeData:
     """Read only the rows of `nodes` (sorted global ids) from the sketch files they live in."""
-    ids: list[str] = []
+    ids: list[pa.Array] = []
     ranks, fixed, offsets, values = [], [], [np.zeros(1, np.int64)], []
     total = 0
     for inp in inputs:
@@ -273,7 +273,7 @@ def load_nodes(store: Store, inputs: Sequence[SketchInput], nodes: np.ndarray, c
             continue
         rows = pa.array(nodes[lo:hi] - inp.offset)
         t = store.read_parquet(inp.sketches, columns=list(columns)).take(rows)
-        ids.extend(t.column("persona_id").to_pylist())
+        ids.append(t.column("persona_id").combine_chunks())
         r = t.column("rank").to_numpy()
         ranks.append(r if inp.fixed else r | TIER_BIT)
         fixed.append(np.full(len(r), inp.fixed))
@@ -284,7 +284,9 @@ def load_nodes(store: Store, inputs: Sequence[SketchInput], nodes: np.ndarray, c
         values.append(flat)
         total += len(flat)
     cat = (lambda xs, dt: np.concatenate(xs) if xs else np.zeros(0, dt))
-    return NodeData(nodes, ids, cat(ranks, np.uint64), cat(fixed, np.bool_), np.concatenate(offsets), cat(values, np.uint64))
+    persona_ids = pa.concat_arrays(ids) if ids else pa.array([], pa.string())
+    return NodeData(nodes, persona_ids, cat(ranks, np.uint64), cat(fixed, np.bool_), np.concatenate(offsets),
+                    cat(values, np.uint64))
 
 
 def read_pairs(store: Store, files: Sequence[str]) -> np.ndarray:
@@ -305,20 +307,22 @@ REMOVED_SCHEMA = pa.schema([
 ])
 
 
-def removed_table(selection: dedup_keep.Selection, data: NodeData, shard_of: list[tuple[int, str]]) -> pa.Table:
-    """The audit rows of the removed nodes; shard_of: (offset, shard id) of each non-fixed input, sorted."""
+def removed_table(selection: dedup_keep.Selection, persona_ids: pa.Array, nodes: np.ndarray,
+                  shard_of: list[tuple[int, str]]) -> pa.Table:
+    """The audit rows of the removed nodes. nodes: each index's position in the inputs (global row);
+    shard_of: (first global row, shard id) of each input whose rows can be removed, sorted."""
     removed = selection.removed
     starts = np.array([o for o, _ in shard_of], np.int64)
-    global_nodes = data.nodes[removed]
-    which = np.searchsorted(starts, global_nodes, side="right") - 1
-    ids = data.persona_id
+    global_rows = nodes[removed]
+    which = np.searchsorted(starts, global_rows, side="right") - 1
+    shard_ids = pa.array([sid for _, sid in shard_of], pa.string())
     return pa.table({
-        "shard": pa.array([shard_of[w][1] for w in which], pa.string()),
-        "row": pa.array(global_nodes - starts[which], pa.int64()),
-        "persona_id": pa.array([ids[i] for i in removed], pa.string()),
-        "duplicate_of": pa.array([ids[i] for i in selection.duplicate_of[removed]], pa.string()),
+        "shard": shard_ids.take(pa.array(which)),
+        "row": pa.array(global_rows - starts[which], pa.int64()),
+        "persona_id": persona_ids.take(pa.array(removed)),
+        "duplicate_of": persona_ids.take(pa.array(selection.duplicate_of[removed])),
         "similarity": pa.array(selection.similarity[removed], pa.float32()),
-        "group": pa.array([ids[i] for i in selection.group[removed]], pa.string()),
+        "group": persona_ids.take(pa.array(selection.group[removed])),
     }, schema=REMOVED_SCHEMA)
 
 
@@ -336,7 +340,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Sketc
     selection = dedup_keep.select(data.rank, a[verified], b[verified], sims[verified], fixed=data.fixed)
     new_inputs = [(inp.offset, inp.sketches) for inp in inputs if not inp.fixed]
     shard_of = [(offset, _shard_id_of(path)) for offset, path in new_inputs]
-    removed = removed_table(selection, data, shard_of)
+    removed = removed_table(selection, data.persona_id, data.nodes, shard_of)
     total_new = sum(inp.rows for inp in inputs if not inp.fixed)
     counts = ShardCounts(rows_in=total_new, rows_out=total_new - removed.num_rows, filtered=removed.num_rows)
     extra = {"candidates": int(len(packed)), "verified_pairs": int(verified.sum()), "reasons": {"near_duplicate": removed.num_rows},
