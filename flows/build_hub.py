@@ -21,8 +21,9 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
-from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_exact_dedup, run_stage, stage_report, stages_markdown
-from personahub.tasks import publish, text_to_persona
+from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages
+from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
+from personahub.tasks import hub_index, publish, text_to_persona
 from personahub.tasks.checkpoint import params_hash
 from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.llm_gateway import LLMGateway, Usage
@@ -58,11 +59,15 @@ class BuildHubParams(BaseModel):
                                     "(PersonaFilterOptions fields, e.g. {\"languages\": [\"en\"], \"min_words\": 5})")
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
-    rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket (bounds dedup memory)")
+    rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket of the crawl (bounds its memory)")
+    minhash: MinHashParams = Field(default_factory=MinHashParams, description="MinHash dedup (Jaccard of word 1-grams)")
+    embedding: EmbeddingParams = Field(default_factory=EmbeddingParams, description="Embedding dedup (cosine)")
     llm_shard_parallelism: int = Field(2, ge=1, description="LLM shards in flight; requests split the concurrency between them")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
     llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
     llm_model: str | None = Field(None, description="Override the model name")
+    embedding_base_url: str | None = Field(None, description="Override the embeddings endpoint; unset and unconfigured = embedded model")
+    embedding_model: str | None = Field(None, description="Override the embedding model name")
 
 
 def resolve_model(settings: Settings) -> str:
@@ -126,23 +131,21 @@ def filter_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def hub_persona_ids(store: Any, hub: str, run_id: str) -> tuple[set[str], str | None]:
-    """Persona ids of the hub as this run found it: its latest version published by another run
-    (a rerun must not treat its own output as the existing hub), and that version."""
-    for version in reversed(publish.hub_versions(store, hub)):
-        manifest = store.read_json(f"{publish.hub_prefix(hub)}/{version}/manifest.json")
-        if manifest["run_id"] == run_id:
-            continue
-        ids: set[str] = set()
-        for part in manifest["parts"]:
-            ids.update(store.read_parquet(part["file"], columns=["persona_id"]).column("persona_id").to_pylist())
-        return ids, version
-    return set(), None
+    """Persona ids of the hub as this run found it (publish.base_version), and that version."""
+    base = publish.base_version(store, hub, run_id)
+    if base is None:
+        return set(), None
+    ids: set[str] = set()
+    for part in base["parts"]:
+        ids.update(store.read_parquet(part["file"], columns=["persona_id"]).column("persona_id").to_pylist())
+    return ids, base["version"]
 
 
 @flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
 def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     """Build (or resume) a hub version from the corpus in `params`."""
-    settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model)
+    settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
+                             embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     run_id = params.run_id or run_id_for(params)
     ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     store = ctx.store
@@ -184,21 +187,27 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             filter_options(params.filters))
         stages.extend(graph_reports)
 
-    # 4. exact dedup of every node on persona_id (the lowest hop is kept), two passes
+    # 4. MinHash then embedding dedup of every node (the lowest hop is kept), against the hub as this run found it
     nodes = combined_manifest([("h0", personas_manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph_manifests)])
-    dedup_manifest, ran, skipped = run_exact_dedup(ctx, "dedup_exact", nodes, "personas", params.rows_per_bucket)
-    stages.append(stage_report("dedup_exact", dedup_manifest, ran, skipped))
+    base = publish.base_version(store, params.hub, run_id)
+    dedup_manifest, reports, index_parts = dedup_stages(ctx, settings, nodes, params.minhash, params.embedding,
+                                                        HubBase.of(base))
+    stages.extend(reports)
     edge_files = [f for m in graph_manifests for f in data_files(m, "edges")]
 
-    # 5. publish: a new hub version, once per finished run
-    publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": manifest_digest(dedup_manifest)})
+    # 5. publish: a new hub version (the base version's personas + this run's), once per finished run
+    publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": manifest_digest(dedup_manifest),
+                                                    "base": base["version"] if base else None})
     if publish_checkpoint.is_complete():
         hub_manifest = publish_checkpoint.manifest()["summary"]["hub_manifest"]
     else:
         final_files = [s["files"]["data"] for s in dedup_manifest["shards"] if s["rows"].get("data", 0) > 0]
         lineage = {"run_id": run_id, "model": model, "template": template.ref,
                    "stages": {s["stage"]: s["counts"] for s in stages}}
-        hub_manifest = publish.publish_hub(store, params.hub, run_id, final_files, lineage, edge_files)
+        hub_manifest = publish.publish_hub(
+            store, params.hub, run_id, final_files, lineage, edge_files, previous=base,
+            index=lambda prefix, previous: hub_index.write_index(store, prefix, index_parts["minhash"],
+                                                                 index_parts.get("embedding"), previous))
         publish_checkpoint.finalize(expected_shards=[], summary={"hub_manifest": hub_manifest})
 
     summary = {

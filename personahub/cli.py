@@ -38,6 +38,8 @@ def build(
     store: Optional[str] = StoreOpt,
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
     llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    embedding_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible …/v1 for the embedding dedup (default: embedded all-MiniLM-L6-v2)"),
+    embedding_model: Optional[str] = typer.Option(None, help="Embedding model name at that endpoint"),
     relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: all four)"),
     hops: int = typer.Option(6, help="Persona-to-Persona rounds (0 = none)"),
     k: int = typer.Option(3, help="Related personas asked for per persona"),
@@ -59,7 +61,8 @@ def build(
     from personahub.tasks.settings import load_settings
 
     fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
-                              "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id}
+                              "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id,
+                              "embedding_base_url": embedding_base_url, "embedding_model": embedding_model}
     if language:
         fields["crawl"] = {"languages": language}
     if corpus:
@@ -129,6 +132,47 @@ def crawl(
     summary = crawl_flow(params)
     _print_stages(summary["stages"])
     typer.echo(f"{summary['documents']} documents at {summary['documents_path']}")
+
+
+@app.command()
+def dedup(
+    paths: list[str] = typer.Argument(..., help="Persona files, directories or globs: .jsonl[.gz], .json (array), .parquet"),
+    store: Optional[str] = StoreOpt,
+    text_column: Optional[str] = typer.Option(None, help="Column holding the persona (default: persona, else text)"),
+    jaccard: float = typer.Option(0.9, help="MinHash stage: word-set Jaccard at or above which personas are duplicates"),
+    cosine: float = typer.Option(0.9, help="Embedding stage: cosine at or above which personas are duplicates (0.5: stricter)"),
+    embeddings: bool = typer.Option(True, help="Run the embedding stage after MinHash"),
+    hub: Optional[str] = typer.Option(None, help="Also drop personas that duplicate this hub's latest version"),
+    publish: bool = typer.Option(False, help="Publish the kept personas as the hub's next version (needs --hub)"),
+    recompute_hub: bool = typer.Option(False, help="Recompute the hub's sketches and vectors instead of using the stored ones"),
+    embedding_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible …/v1 for embeddings (default: embedded all-MiniLM-L6-v2)"),
+    embedding_model: Optional[str] = typer.Option(None, help="Embedding model name at that endpoint"),
+    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the input)"),
+) -> None:
+    """Deduplicate persona files: MinHash LSH (word 1-grams, 128 permutations), then embeddings.
+
+    Prints kept / removed per stage. The kept personas and each stage's audit table of what it
+    removed (persona, the kept persona it duplicates, similarity) are under the run folder.
+    """
+    from personahub.flows.dedup import DedupFlowParams, dedup as dedup_flow
+
+    params = DedupFlowParams(paths=paths, store=store, text_column=text_column, hub=hub, publish=publish,
+                             reuse_hub_index=not recompute_hub, run_id=run_id,
+                             minhash={"threshold": jaccard}, embedding={"enabled": embeddings, "threshold": cosine},
+                             embedding_base_url=embedding_base_url, embedding_model=embedding_model)
+    started = time.monotonic()
+    summary = dedup_flow(params)
+    _print_stages(summary["stages"])
+    for stage in summary["stages"]:
+        if stage["stage"] in ("minhash", "embedding_dedup"):
+            c = stage["counts"]
+            typer.echo(f"{stage['stage']}: kept {c['rows_out']}, removed {c['filtered']}")
+    typer.echo(f"{summary['input']} personas in, {summary['kept']} kept; run {summary['run']} "
+               f"({time.monotonic() - started:.0f} s)")
+    for path in summary["kept_files"]:
+        typer.echo(f"  {path}")
+    if summary["version"]:
+        typer.echo(f"Published hub {summary['hub']} {summary['version']}")
 
 
 @app.command()

@@ -8,7 +8,9 @@ It owns, in one place, what each stage would otherwise get subtly wrong:
 * a content-addressed response cache under the store (model + messages + params + template
   version + schema → raw response), so a rerun never pays for the same call twice,
 * token accounting (`Usage`) so each stage can report what it spent,
-* JSON-schema structured output where the endpoint supports it, lenient JSON parsing otherwise.
+* JSON-schema structured output where the endpoint supports it, lenient JSON parsing otherwise,
+* embeddings (`embed_many`): batched /v1/embeddings requests under the same concurrency, retries,
+  cache (one entry per batch, vectors as base64 float32) and accounting, L2-normalised here.
 
 Secrets: the API key never goes into logs, cache files or error strings; errors carry only the
 HTTP status and the endpoint (base URL without credentials or query).
@@ -17,6 +19,8 @@ HTTP status and the endpoint (base URL without credentials or query).
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import copy
 import email.utils
 import hashlib
@@ -27,9 +31,10 @@ import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import openai
 from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -40,6 +45,8 @@ from personahub.tasks.store import Store
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+# Part of every embedding cache key: bump it when what an entry holds changes meaning.
+EMBEDDING_CACHE_FORMAT = 1
 # Local servers (llama-server, vLLM without --api-key) ignore the key but the SDK insists on one.
 PLACEHOLDER_API_KEY = "not-needed"
 # A server may ask for a long pause; honour it, but never sleep for more than this per retry.
@@ -163,6 +170,20 @@ class LLMError(RuntimeError):
     """A failure the gateway could not turn into a result (e.g. no model name); secret-free."""
 
 
+@dataclass
+class EmbeddingResult:
+    """Vectors of `embed_many`'s texts, in their order: float32 (n, dim), each row of unit length
+    (a zero vector stays zero); (0, 0) for no texts. `usage`: what this one call spent."""
+
+    vectors: np.ndarray
+    model: str
+    usage: Usage
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
 # --- cache keys ---------------------------------------------------------------------------------
 
 
@@ -178,6 +199,43 @@ def cache_key(model: str, req: ChatRequest) -> str:
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def embedding_cache_key(model: str, texts: Sequence[str]) -> str:
+    """sha256 of one embedding request: model + the batch's texts, in order, + the entry format.
+    "kind" keeps it apart from every chat key."""
+    payload = {"kind": "embeddings", "format": EMBEDDING_CACHE_FORMAT, "model": model, "input": list(texts)}
+    canonical = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _pack_vectors(vectors: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unpack_vectors(data: str, count: int, dim: int) -> np.ndarray:
+    raw = np.frombuffer(base64.b64decode(data), dtype="<f4")
+    if raw.size != count * dim:
+        raise ValueError(f"{raw.size} floats where {count} x {dim} were expected")
+    return raw.reshape(count, dim).astype(np.float32)
+
+
+def _embedding_vector(value: Any) -> np.ndarray:
+    """One response item's vector: base64 little-endian float32 (what we ask for) or a float list
+    (what servers that ignore encoding_format send)."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32)
+    return np.asarray(value, dtype=np.float32).reshape(-1)
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; all-zero rows stay zero (no NaN)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+
+
+class _BadEmbeddingResponse(ValueError):
+    """The endpoint answered 200 with something that is not one vector per input."""
 
 
 # --- errors and secrets -------------------------------------------------------------------------
@@ -276,6 +334,15 @@ def _is_schema_rejection(exc: BaseException) -> bool:
     return any(word in text for word in ("response_format", "response format", "json_schema", "schema", "grammar"))
 
 
+Purpose = Literal["chat", "embeddings"]
+
+
+def _purpose(value: Any) -> Purpose:
+    if value not in ("chat", "embeddings"):
+        raise ValueError(f"purpose must be 'chat' or 'embeddings', not {value!r}")
+    return value
+
+
 # --- the gateway --------------------------------------------------------------------------------
 
 
@@ -347,18 +414,23 @@ class LLMGateway:
         self._schema_unsupported = False
 
     @classmethod
-    def from_settings(cls, settings: Any, store: Store | None, base_url: str | None = None) -> "LLMGateway":
-        """A gateway configured from Settings; `base_url` (the embedded server's) overrides
-        settings.llm_base_url."""
-        url = base_url or settings.llm_base_url
+    def from_settings(
+        cls, settings: Any, store: Store | None, base_url: str | None = None, *, purpose: Purpose = "chat"
+    ) -> "LLMGateway":
+        """A gateway configured from Settings; `base_url` (an embedded server's) overrides the
+        configured one. purpose="embeddings" takes the embedding_* endpoint, key, model and
+        concurrency instead of the llm_* ones (timeouts and retries are shared)."""
+        embeddings = _purpose(purpose) == "embeddings"
+        url = base_url or (settings.embedding_base_url if embeddings else settings.llm_base_url)
         if not url:
-            raise ValueError("no LLM endpoint: set llm_base_url or start the embedded server and pass its base_url")
+            name = "embedding_base_url" if embeddings else "llm_base_url"
+            raise ValueError(f"no {purpose} endpoint: set {name} or start the embedded server and pass its base_url")
         return cls(
             base_url=url,
-            model=settings.llm_model,
+            model=settings.embedding_model if embeddings else settings.llm_model,
             store=store,
-            api_key=settings.resolved_api_key(),
-            max_concurrency=settings.llm_max_concurrency,
+            api_key=settings.resolved_embedding_api_key() if embeddings else settings.resolved_api_key(),
+            max_concurrency=settings.embedding_max_concurrency if embeddings else settings.llm_max_concurrency,
             timeout_s=settings.llm_timeout_s,
             max_retries=settings.llm_max_retries,
             structured_output=settings.llm_structured_output,
@@ -366,17 +438,19 @@ class LLMGateway:
 
     @classmethod
     def for_worker(cls, llm: Mapping[str, Any], store: Store | None) -> "LLMGateway":
-        """A gateway inside a task, from what the flow passed (base_url, model, concurrency) and
-        this worker's own settings: the API key comes from the worker's environment, never from
-        task parameters, so it is in no Prefect run record."""
+        """A gateway inside a task, from what the flow passed (base_url, model, concurrency and,
+        for embeddings, purpose="embeddings") and this worker's own settings: the API key comes
+        from the worker's environment, never from task parameters, so it is in no Prefect run
+        record. An embeddings gateway takes embedding_api_key (which falls back to the LLM key)."""
         from personahub.tasks.settings import load_settings
 
         settings = load_settings()
+        embeddings = _purpose(llm.get("purpose", "chat")) == "embeddings"
         return cls(
             base_url=llm["base_url"],
             model=llm["model"],
             store=store,
-            api_key=settings.resolved_api_key(),
+            api_key=settings.resolved_embedding_api_key() if embeddings else settings.resolved_api_key(),
             max_concurrency=llm["concurrency"],
             timeout_s=settings.llm_timeout_s,
             max_retries=settings.llm_max_retries,
@@ -410,10 +484,12 @@ class LLMGateway:
         await closer.__anext__()  # registers it with the loop's async-generator finaliser
         return state
 
-    def _count(self, **deltas: int) -> None:
+    def _count(self, _also: Usage | None = None, **deltas: int) -> None:
+        """Add to the gateway's usage and, when given, to one call's own (`_also`)."""
         with self._usage_lock:
-            for name, delta in deltas.items():
-                setattr(self.usage, name, getattr(self.usage, name) + delta)
+            for target in (self.usage, _also) if _also is not None else (self.usage,):
+                for name, delta in deltas.items():
+                    setattr(target, name, getattr(target, name) + delta)
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of other, finished loops are simply dropped)."""
@@ -450,9 +526,9 @@ class LLMGateway:
             message = f"{type(exc).__name__} calling {self.endpoint}: {exc}"
         return self._scrub(message)[:1000]
 
-    def _retrying(self) -> AsyncRetrying:
+    def _retrying(self, usage: Usage | None = None) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
-            self._count(retries=1)
+            self._count(usage, retries=1)
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
                 "LLM call failed (%s); retry %d/%d in %.1fs",
@@ -473,7 +549,7 @@ class LLMGateway:
     def _cache_path(self, key: str) -> str:
         return f"{self.cache_prefix}/{key[:2]}/{key}.json"
 
-    async def _cache_read(self, key: str) -> dict[str, Any] | None:
+    async def _cache_read(self, key: str, *, kind: str = "chat") -> dict[str, Any] | None:
         if self.store is None:
             return None
         path = self._cache_path(key)
@@ -485,9 +561,15 @@ class LLMGateway:
         except Exception as exc:  # noqa: BLE001 - an unreadable entry is a miss, not a failure
             log.warning("ignoring unreadable LLM cache entry %s: %s", path, type(exc).__name__)
             return None
-        if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or not isinstance(entry.get("text"), str):
+        if not isinstance(entry, dict):
             return None
-        return entry
+        if kind == "embeddings":
+            valid = (entry.get("kind") == "embeddings" and entry.get("format") == EMBEDDING_CACHE_FORMAT
+                     and isinstance(entry.get("vectors"), str) and isinstance(entry.get("count"), int)
+                     and isinstance(entry.get("dim"), int))
+        else:
+            valid = entry.get("format") == CACHE_FORMAT and isinstance(entry.get("text"), str)
+        return entry if valid else None
 
     async def _cache_write(self, key: str, entry: dict[str, Any]) -> None:
         if self.store is None:
@@ -602,6 +684,131 @@ class LLMGateway:
     async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
         """Results in the order of `reqs`; at most max_concurrency in flight; a failure is a result."""
         return list(await asyncio.gather(*(self.chat(req) for req in reqs)))
+
+    # --- embeddings -----------------------------------------------------------------------------
+    def embed_many(self, texts: Sequence[str], *, model: str, batch_size: int = 256) -> EmbeddingResult:
+        """`aembed_many` for synchronous callers (Prefect task bodies, flows). Runs on a fresh event
+        loop: here when this thread has none, else in a helper thread, so it works from anywhere."""
+        coro = self.aembed_many(texts, model=model, batch_size=batch_size)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="embed") as pool:
+            return pool.submit(asyncio.run, coro).result()
+
+    async def aembed_many(self, texts: Sequence[str], *, model: str, batch_size: int = 256) -> EmbeddingResult:
+        """Embed `texts` in batches of `batch_size` per /v1/embeddings request, at most
+        max_concurrency in flight, each batch retried like a chat call and cached on its own (a
+        rerun with the same texts and batch size makes no call). Vectors come back L2-normalised,
+        in input order. A batch that still fails after retries raises LLMError, once every other
+        batch has finished (their answers are cached, so a retry pays only for the failed ones)."""
+        if isinstance(texts, str):
+            raise TypeError("embed_many takes a sequence of texts, not one str")
+        texts = list(texts)
+        if not all(isinstance(text, str) for text in texts):
+            raise TypeError("embed_many takes str texts only")
+        if not model:
+            raise ValueError("embed_many needs a model name (it is part of every cache key)")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        usage = Usage()
+        if not texts:
+            return EmbeddingResult(np.zeros((0, 0), np.float32), model, usage)
+
+        state = await self._loop_state()
+        batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+        keys = [embedding_cache_key(model, batch) for batch in batches]
+        first: dict[str, int] = {}  # identical batches in one call are asked once
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        self._count(usage, cache_hits=len(keys) - len(first))
+        answers = await asyncio.gather(
+            *(self._embed_batch(state, model, key, batches[i], usage) for key, i in first.items()),
+            return_exceptions=True,
+        )
+        by_key: dict[str, np.ndarray] = {}
+        errors: list[str] = []
+        for key, answer in zip(first, answers):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer  # cancellation, KeyboardInterrupt: not an endpoint failure
+                errors.append(str(answer))
+            else:
+                by_key[key] = answer
+        if errors:
+            raise LLMError(self._scrub(
+                f"{len(errors)} of {len(first)} embedding requests to {self.endpoint} failed; first: {errors[0]}"
+            )[:1500])
+        dims = {by_key[key].shape[1] for key in first}
+        if len(dims) != 1:
+            raise LLMError(f"{self.endpoint} returned vectors of different sizes {sorted(dims)} for {model!r}")
+        return EmbeddingResult(l2_normalise(np.concatenate([by_key[key] for key in keys])), model, usage)
+
+    async def _embed_batch(self, state: _LoopState, model: str, key: str, batch: list[str], usage: Usage) -> np.ndarray:
+        """One batch's raw vectors (count x dim float32): from the cache, else the endpoint.
+        Raises LLMError (secret-free) when the endpoint fails after retries."""
+        entry = await self._cache_read(key, kind="embeddings")
+        if entry is not None and entry["count"] == len(batch):
+            try:
+                vectors = _unpack_vectors(entry["vectors"], entry["count"], entry["dim"])
+            except ValueError as exc:
+                log.warning("ignoring corrupt embedding cache entry %s: %s", self._cache_path(key), exc)
+            else:
+                self._count(usage, cache_hits=1)
+                return vectors
+
+        async with state.semaphore:
+            self._count(usage, calls=1)
+            try:
+                response = await self._embed_with_retries(state.client, model, batch, usage)
+                vectors = self._response_vectors(response, len(batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported (scrubbed) with the other batches' failures
+                self._count(usage, failures=1)
+                error = str(exc) if isinstance(exc, _BadEmbeddingResponse) else self._describe(exc)
+                log.warning("embedding call (%d texts) failed: %s", len(batch), error)
+                raise LLMError(error) from None
+
+        prompt_tokens = int(getattr(getattr(response, "usage", None), "prompt_tokens", 0) or 0)
+        self._count(usage, prompt_tokens=prompt_tokens)
+        await self._cache_write(key, {
+            "format": EMBEDDING_CACHE_FORMAT,
+            "kind": "embeddings",
+            "model": model,
+            "count": int(vectors.shape[0]),
+            "dim": int(vectors.shape[1]),
+            "dtype": "<f4",
+            "vectors": _pack_vectors(vectors),  # raw, as received: normalised on every read
+            "prompt_tokens": prompt_tokens,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        return vectors
+
+    async def _embed_with_retries(self, client: AsyncOpenAI, model: str, batch: list[str], usage: Usage) -> Any:
+        async for attempt in self._retrying(usage):
+            with attempt:
+                async with asyncio.timeout(2 * self.timeout_s + 5):
+                    # base64 float32: a quarter of the JSON of float lists, and exact.
+                    return await client.embeddings.create(model=model, input=batch, encoding_format="base64")
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    def _response_vectors(self, response: Any, count: int) -> np.ndarray:
+        """The response's vectors in input order (by `index`), checked: one per input, one size."""
+        data = list(getattr(response, "data", None) or [])
+        if len(data) != count:
+            raise _BadEmbeddingResponse(f"{self.endpoint} returned {len(data)} embeddings for {count} inputs")
+        if all(isinstance(getattr(item, "index", None), int) for item in data):
+            data.sort(key=lambda item: item.index)
+        try:
+            rows = [_embedding_vector(item.embedding) for item in data]
+        except (TypeError, ValueError) as exc:
+            raise _BadEmbeddingResponse(f"unreadable embedding from {self.endpoint}: {exc}") from None
+        dims = {row.size for row in rows}
+        if len(dims) != 1 or 0 in dims:
+            raise _BadEmbeddingResponse(f"{self.endpoint} returned embeddings of sizes {sorted(dims)} in one batch")
+        return np.stack(rows)
 
     # --- internals ------------------------------------------------------------------------------
     async def _complete(self, client: AsyncOpenAI, model: str, req: ChatRequest) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -68,13 +69,25 @@ def _copy_parts(store: Store, sources: list[str], prefix: str, columns: list[str
 
 def publish_hub(
     store: Store, hub: str, run_id: str, persona_files: list[str], lineage: dict[str, Any],
-    edge_files: list[str] | None = None,
+    edge_files: list[str] | None = None, previous: dict[str, Any] | None = None,
+    index: Callable[[str, dict[str, Any] | None], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Copy the final shards into a new hub version; returns the version's manifest."""
+    """Copy the final shards into a new hub version; returns the version's manifest.
+
+    With `previous` (the version this run was deduplicated against), the new version holds the
+    previous version's personas and edges too, by reference (parts are immutable), so a refresh
+    adds to the hub instead of replacing it. `index(prefix, previous_index)` writes the version's
+    dedup index (tasks/hub_index.py) and returns its manifest entry.
+    """
     version = next_version(store, hub)
     prefix = f"{hub_prefix(hub)}/{version}"
     parts, total = _copy_parts(store, persona_files, f"{prefix}/personas", HUB_COLUMNS)
     edge_parts, edges = _copy_parts(store, edge_files or [], f"{prefix}/edges", None)
+    if previous is not None:
+        parts = previous["parts"] + parts
+        total += previous["personas"]
+        edge_parts = previous.get("edge_parts", []) + edge_parts
+        edges += previous.get("edges", 0)
     manifest = {
         "hub": hub,
         "version": version,
@@ -85,11 +98,32 @@ def publish_hub(
         "edges": edges,
         "edge_parts": edge_parts,
         "columns": HUB_COLUMNS,
+        "previous": previous["version"] if previous is not None else None,
         "lineage": lineage,
     }
+    if index is not None:
+        manifest["index"] = index(f"{prefix}/index", (previous or {}).get("index"))
     store.write_json(f"{prefix}/manifest.json", manifest)
     store.write_json(f"{hub_prefix(hub)}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
     return manifest
+
+
+def base_version(store: Store, hub: str, run_id: str) -> dict[str, Any] | None:
+    """The hub as a run found it: the latest version published by another run (a rerun must not
+    treat its own output as the existing hub)."""
+    for version in reversed(hub_versions(store, hub)):
+        manifest = store.read_json(f"{hub_prefix(hub)}/{version}/manifest.json")
+        if manifest["run_id"] != run_id:
+            return manifest
+    return None
+
+
+def dedup_index(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A version's stored dedup index, each part tagged with the version it belongs to."""
+    if manifest is None or not manifest.get("index"):
+        return None
+    ref = f"{manifest['hub']}/{manifest['version']}"
+    return {name: {**part, "ref": ref} for name, part in manifest["index"].items() if part}
 
 
 def latest_manifest(store: Store, hub: str) -> dict[str, Any] | None:

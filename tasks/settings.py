@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(6, ge=0, description="Retries on 429/5xx/timeouts/connection errors")
     llm_structured_output: bool = Field(True, description="Ask for JSON-schema output where the endpoint supports it")
 
+    # Embeddings (the embedding dedup stage). No base URL means: start the embedded all-MiniLM-L6-v2
+    # server for the run (tasks/embedding_server.py).
+    embedding_base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (…/v1) for /v1/embeddings; unset = embedded all-MiniLM-L6-v2"
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="API key for embedding_base_url (falls back to the LLM key: llm_api_key, then OPENAI_API_KEY)"
+    )
+    embedding_model: str | None = Field(None, description="Embedding model name; unset = the embedded model's alias")
+    embedding_batch_size: int = Field(256, ge=1, le=2048, description="Texts per /v1/embeddings request")
+    embedding_max_concurrency: int = Field(2, ge=1, description="Embedding requests in flight at once per worker")
+
     # Embedded model server (used only when llm_base_url is unset).
     embedded_parallel: int = Field(8, ge=1, le=64, description="llama-server slots (-np), continuous batching")
     embedded_threads: int = Field(0, ge=0, description="llama-server threads; 0 = all cores")
@@ -75,7 +87,8 @@ class Settings(BaseSettings):
     # Where ../shared/data style fixtures live, for tests and benchmarks only.
     shared_data: Path = Field(Path("../shared/data"), description="Third-party data for tests/benchmarks")
 
-    @field_validator("llm_base_url", "s3_endpoint_url", "llm_model", mode="before")
+    @field_validator("llm_base_url", "s3_endpoint_url", "llm_model", "embedding_base_url", "embedding_model",
+                     mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -105,6 +118,12 @@ class Settings(BaseSettings):
         if self.llm_api_key is not None:
             return self.llm_api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY") or None
+
+    def resolved_embedding_api_key(self) -> str | None:
+        """embedding_api_key, else the LLM key: one provider often serves both."""
+        if self.embedding_api_key is not None:
+            return self.embedding_api_key.get_secret_value()
+        return self.resolved_api_key()
 
     def masked(self) -> dict[str, Any]:
         """Settings as plain values with every secret replaced, for `personahub config` and logs."""

@@ -13,6 +13,13 @@ request carries a response_format json_schema, the object follows that schema's 
 (strings get persona-like sentences, arrays get three of them). Tests change behaviour with
 `responder` (called with the request body, returns a FakeReply or a plain string) or queue one-off
 replies with `enqueue(...)`, consumed first, in order.
+
+Embeddings are a hashed bag of words and word pairs (`fake_embedding`, 384-d by default like
+all-MiniLM-L6-v2, unit length): identical texts give identical vectors, texts sharing words are
+close. Failures and odd answers are scripted the same way as for chat, on their own queue:
+`enqueue_embeddings(FakeReply.error(429, retry_after=0), ...)` or `embedding_responder` (a
+FakeReply whose `vectors` is set answers with those vectors as they are, e.g. unnormalised ones);
+`embedding_encoding="float"` plays a server that ignores the request's encoding_format.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class FakeReply:
     finish_reason: str = "stop"
     prompt_tokens: int | None = None  # None = count words
     completion_tokens: int | None = None
+    vectors: list[list[float]] | None = None  # embeddings only: answer these instead of fake_embedding's
 
     @classmethod
     def text(cls, content: str, **kw: Any) -> "FakeReply":
@@ -66,6 +74,7 @@ class FakeReply:
 
 
 Responder = Callable[[dict], Union[FakeReply, str, None]]
+EmbeddingResponder = Callable[[dict], Union[FakeReply, None]]  # None = the default vectors
 
 # --- deterministic personas ---------------------------------------------------------------------
 
@@ -156,7 +165,10 @@ def default_responder(body: dict) -> FakeReply:
 # --- embeddings ---------------------------------------------------------------------------------
 
 
-def fake_embedding(text: str, dim: int = 64) -> list[float]:
+FAKE_EMBEDDING_DIM = 384  # all-MiniLM-L6-v2's, so the fake and the embedded model agree on shapes
+
+
+def fake_embedding(text: str, dim: int = FAKE_EMBEDDING_DIM) -> list[float]:
     """A unit vector from hashed words and word pairs: identical texts give identical vectors and
     texts sharing words are close, which is what near-duplicate tests need."""
     words = re.findall(r"\w+", text.lower())
@@ -184,21 +196,25 @@ class FakeOpenAIServer:
         responder: Responder | None = None,
         *,
         supports_json_schema: bool = True,
-        embedding_dim: int = 64,
+        embedding_dim: int = FAKE_EMBEDDING_DIM,
         models: tuple[str, ...] = (FAKE_MODEL,),
         api_key: str | None = None,  # when set, requests without "Bearer <api_key>" get 401
     ):
         self.responder: Responder = responder or default_responder
         self.supports_json_schema = supports_json_schema
-        self.embedding_dim = embedding_dim
+        self.embedding_dim = self._default_embedding_dim = embedding_dim
         self.models = models
         self.api_key = api_key
         self.requests: list[dict] = []  # chat request bodies, in arrival order
         self.embedding_requests: list[dict] = []
         self.calls = 0  # chat requests received (errors included)
-        self.in_flight = 0
+        self.embedding_calls = 0  # embedding requests received (errors included)
+        self.embedding_responder: EmbeddingResponder | None = None
+        self.embedding_encoding: str | None = None  # "float": ignore the request's encoding_format
+        self.in_flight = 0  # requests being answered, chat and embeddings together
         self.max_in_flight = 0
         self._queue: deque[FakeReply | str] = deque()
+        self._embedding_queue: deque[FakeReply] = deque()
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -269,14 +285,32 @@ class FakeOpenAIServer:
             self.requests.clear()
             self.embedding_requests.clear()
             self.calls = 0
+            self.embedding_calls = 0
+            self.embedding_responder = None
+            self.embedding_encoding = None
+            self.embedding_dim = self._default_embedding_dim
             self.max_in_flight = self.in_flight
             self._queue.clear()
+            self._embedding_queue.clear()
         return self
 
     def enqueue(self, *replies: FakeReply | str) -> None:
         """Replies for the next chat requests, in order, before the responder is asked again."""
         with self._lock:
             self._queue.extend(replies)
+
+    def enqueue_embeddings(self, *replies: FakeReply) -> None:
+        """Replies for the next embedding requests, in order (errors, delays, custom vectors)."""
+        with self._lock:
+            self._embedding_queue.extend(replies)
+
+    def _next_embedding_reply(self, body: dict) -> FakeReply:
+        with self._lock:
+            queued = self._embedding_queue.popleft() if self._embedding_queue else None
+        if queued is not None:
+            return queued
+        reply = self.embedding_responder(body) if self.embedding_responder is not None else None
+        return reply if reply is not None else FakeReply()
 
     def _next_reply(self, body: dict) -> FakeReply:
         with self._lock:
@@ -353,34 +387,48 @@ class FakeOpenAIServer:
                     self.in_flight -= 1
 
         async def embeddings(request: Request) -> JSONResponse:
-            denied = self._unauthorised(request)
-            if denied:
-                return denied
             body = await request.json()
             with self._lock:
+                self.embedding_calls += 1
                 self.embedding_requests.append(body)
-            inputs = body.get("input")
-            texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
-            if not texts or not all(isinstance(t, str) for t in texts):
-                return _error(400, "input must be a string or a list of strings")
-            dim = int(body.get("dimensions") or self.embedding_dim)
-            data = []
-            for i, text in enumerate(texts):
-                vec = fake_embedding(text, dim)
-                if body.get("encoding_format") == "base64":  # what the openai SDK asks for by default
-                    value: Any = base64.b64encode(struct.pack(f"<{dim}f", *vec)).decode()
-                else:
-                    value = vec
-                data.append({"object": "embedding", "index": i, "embedding": value})
-            tokens = sum(_words(t) for t in texts)
-            return JSONResponse(
-                {
-                    "object": "list",
-                    "data": data,
-                    "model": body.get("model") or FAKE_MODEL,
-                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                }
-            )
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                denied = self._unauthorised(request)
+                if denied:
+                    return denied
+                inputs = body.get("input")
+                texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+                if not texts or not all(isinstance(t, str) for t in texts):
+                    return _error(400, "input must be a string or a list of strings")
+                reply = self._next_embedding_reply(body)
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                if reply.status >= 400:
+                    return _error(reply.status, reply.message or "error", headers=reply.headers)
+                dim = int(body.get("dimensions") or self.embedding_dim)
+                vectors = reply.vectors if reply.vectors is not None else [fake_embedding(t, dim) for t in texts]
+                encoding = self.embedding_encoding or body.get("encoding_format") or "float"
+                data = []
+                for i, vec in enumerate(vectors):
+                    if encoding == "base64":  # what the openai SDK asks for by default
+                        value: Any = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode()
+                    else:
+                        value = list(vec)
+                    data.append({"object": "embedding", "index": i, "embedding": value})
+                tokens = reply.prompt_tokens if reply.prompt_tokens is not None else sum(_words(t) for t in texts)
+                return JSONResponse(
+                    {
+                        "object": "list",
+                        "data": data,
+                        "model": body.get("model") or FAKE_MODEL,
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                    },
+                    headers=reply.headers,
+                )
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
 
         return Starlette(
             routes=[

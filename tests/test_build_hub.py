@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ def doc_marker(body: dict) -> str | None:
 
 def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 6)
-    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, rows_per_bucket=2,
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url, rows_per_bucket=2,
                             **ONE_HOP0)
 
     summary = build_hub(params)
@@ -53,12 +54,17 @@ def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     for stage in summary["stages"]:
         c = stage["counts"]
         assert c["rows_in"] == c["rows_out"] + c["filtered"] + c["quarantined"], stage
-    assert [s["stage"] for s in summary["stages"]] == ["crawl", "crawl_dedup", "text_to_persona", "dedup_exact"]
+    assert [s["stage"] for s in summary["stages"]] == [
+        "crawl", "crawl_dedup", "text_to_persona", "minhash_sketch", "minhash_pairs", "minhash_select", "minhash",
+        "embed", "embedding_select", "embedding_dedup"]
     assert summary["stages"][0]["shards"] == 6, "one crawl shard per file"
     assert summary["stages"][2]["shards"] >= 2, "documents are spread over several LLM shards"
-    assert summary["llm_this_run"]["calls"] == 6 and summary["llm_this_run"]["completion_tokens"] > 0
+    embed_calls = next(s for s in summary["stages"] if s["stage"] == "embed")["usage"]["calls"]
+    assert embed_calls >= 1, "embeddings go through the gateway and are counted"
+    assert summary["llm_this_run"]["calls"] == 6 + embed_calls and summary["llm_this_run"]["completion_tokens"] > 0
     t2p_usage = summary["stages"][2]["usage"]  # token accounting per stage
-    assert t2p_usage["calls"] == 6 and t2p_usage["prompt_tokens"] == summary["llm_this_run"]["prompt_tokens"]
+    embed_tokens = next(s for s in summary["stages"] if s["stage"] == "embed")["usage"]["prompt_tokens"]
+    assert t2p_usage["calls"] == 6 and t2p_usage["prompt_tokens"] + embed_tokens == summary["llm_this_run"]["prompt_tokens"]
     assert summary["stages"][0]["usage"] == {}, "crawl calls no LLM"
 
     store = Store(str(tmp_path / "store"))
@@ -95,12 +101,12 @@ def test_bad_responses_are_quarantined_and_duplicates_recorded(server, tmp_path)
     server.reset(responder)
     corpus = write_corpus(tmp_path / "corpus", 6)
     store_dir = tmp_path / "store"
-    summary = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(store_dir), llm_base_url=server.base_url, **ONE_HOP0))
+    summary = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(store_dir), llm_base_url=server.base_url, embedding_base_url=server.base_url, **ONE_HOP0))
 
     t2p = summary["stages"][2]
     assert t2p["counts"] == {"rows_in": 6, "rows_out": 3, "filtered": 0, "quarantined": 3}
     assert t2p["reasons"] == {"llm_error": 1, "missing_persona": 1, "unparseable": 1}
-    dedup = summary["stages"][3]
+    dedup = next(s for s in summary["stages"] if s["stage"] == "minhash")
     assert dedup["counts"] == {"rows_in": 3, "rows_out": 1, "filtered": 2, "quarantined": 0}
     assert summary["personas"] == 1
 
@@ -109,8 +115,9 @@ def test_bad_responses_are_quarantined_and_duplicates_recorded(server, tmp_path)
     quarantine = [r for f in store.list(f"{run}/text_to_persona/quarantine") for r in store.read_parquet(f).to_pylist()]
     assert sorted(r["reason"].split(":")[0] for r in quarantine) == ["llm_error", "missing_persona", "unparseable"]
     assert any("I cannot help" in (r["response"] or "") for r in quarantine)
-    dupes = [r for f in store.list(f"{run}/dedup_exact/duplicates") for r in store.read_parquet(f).to_pylist()]
-    assert len(dupes) == 2 and len({r["kept_doc_id"] for r in dupes}) == 1
+    removed = [r for f in store.list(f"{run}/minhash_select/removed") for r in store.read_parquet(f).to_pylist()]
+    assert len(removed) == 2 and len({r["duplicate_of"] for r in removed}) == 1
+    assert {r["similarity"] for r in removed} == {1.0}
 
 
 def test_cli_against_fake_server_and_s3(server, s3_server, tmp_path, monkeypatch):
@@ -123,12 +130,13 @@ def test_cli_against_fake_server_and_s3(server, s3_server, tmp_path, monkeypatch
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     corpus = write_corpus(tmp_path / "corpus", 4)
     store_url = f"s3://{S3_BUCKET}/cli-{os.getpid()}-{time.monotonic_ns()}"
-    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--store", store_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
+    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--embedding-base-url", server.base_url, "--store", store_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "4 personas" in result.output and store_url in result.output
-    assert "4 new" in result.output
+    paid = int(re.search(r"LLM calls this run: (\d+) new", result.output).group(1))
+    assert paid >= 5, "4 Text-to-Persona calls and the embedding calls"
 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
@@ -153,7 +161,7 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 12)
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "personahub.cli", "build", str(corpus), "--store", str(store_dir),
-           "--llm-base-url", server.base_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
+           "--llm-base-url", server.base_url, "--embedding-base-url", server.base_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
     env = {**os.environ, "PERSONAHUB_LLM_MAX_CONCURRENCY": "2"}
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -201,7 +209,7 @@ def test_same_flow_against_a_prefect_server(server, tmp_path):
     corpus = write_corpus(tmp_path / "corpus", 3)
     with prefect_test_harness(server_startup_timeout=120):
         assert PREFECT_API_URL.value(), "the harness runs a real API server"
-        state = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url,
+        state = build_hub(BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url,
                                          **ONE_HOP0),
                           return_state=True)
         assert state.is_completed()

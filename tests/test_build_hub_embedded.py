@@ -29,7 +29,7 @@ def test_build_hub_on_the_embedded_model(tmp_path: Path, embedded_model: tuple) 
     summary = build_hub(params)
 
     by_stage = {s["stage"]: s for s in summary["stages"]}
-    crawl, t2p, dedup = by_stage["crawl"], by_stage["text_to_persona"], by_stage["dedup_exact"]
+    crawl, t2p, dedup = by_stage["crawl"], by_stage["text_to_persona"], by_stage["embedding_dedup"]
     assert "persona_to_persona_h1" in by_stage or by_stage["p2p_frontier_h1"]["counts"]["rows_out"] == 0
     assert crawl["counts"]["rows_out"] == 3
     assert t2p["counts"]["rows_in"] == 3
@@ -39,6 +39,7 @@ def test_build_hub_on_the_embedded_model(tmp_path: Path, embedded_model: tuple) 
     store = Store(str(tmp_path / "store"))
     manifest = store.read_json(f"hubs/default/{summary['version']}/manifest.json")
     assert manifest["personas"] == dedup["counts"]["rows_out"]
+    assert manifest["index"]["embedding"]["model"] == "all-MiniLM-L6-v2" and manifest["index"]["embedding"]["dim"] == 384
     for part in manifest["parts"]:
         for row in store.read_parquet(part["file"]).to_pylist():
             assert row["persona"] and row["model"] == summary["model"] and row["doc_id"]

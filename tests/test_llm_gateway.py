@@ -367,5 +367,5 @@ def test_fake_server_embeddings(server):
     out = client.embeddings.create(model="fake-model", input=["the cat sat", "the cat sat", "stock prices fell"])
     a, b, c = (d.embedding for d in out.data)
     dot = lambda x, y: sum(i * j for i, j in zip(x, y))  # noqa: E731
-    assert len(a) == 64 and a == b and abs(dot(a, a) - 1) < 1e-5 and dot(a, c) < 0.99
+    assert len(a) == 384 and a == b and abs(dot(a, a) - 1) < 1e-5 and dot(a, c) < 0.99
     client.close()

@@ -32,7 +32,7 @@ def hub_tables(store: Store, summary: dict) -> tuple[list[dict], list[dict]]:
 def test_graph_hops_caps_and_consistency(server, tmp_path: Path) -> None:
     graph = GraphParams(hops=3, k=2, max_new_per_hop=3, seed=7)
     params = BuildHubParams(corpus=[str(corpus(tmp_path / "c"))], store=str(tmp_path / "store"),
-                            llm_base_url=server.base_url, relations=["read", "write"], graph=graph)
+                            llm_base_url=server.base_url, embedding_base_url=server.base_url, relations=["read", "write"], graph=graph)
     summary = build_hub(params)
 
     by_stage = {s["stage"]: s for s in summary["stages"]}
@@ -73,7 +73,7 @@ def test_graph_hops_caps_and_consistency(server, tmp_path: Path) -> None:
 
 def test_hub_personas_are_not_expanded_again(server, tmp_path: Path) -> None:
     docs = corpus(tmp_path / "c", 2)
-    first = BuildHubParams(corpus=[str(docs)], store=str(tmp_path / "store"), llm_base_url=server.base_url,
+    first = BuildHubParams(corpus=[str(docs)], store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url,
                            relations=["read"], graph=GraphParams(hops=1, k=2, max_new_per_hop=10))
     build_hub(first)
     # Another run (another k) over the same documents finds the same hop-0 personas, all in the hub.
@@ -85,7 +85,7 @@ def test_hub_personas_are_not_expanded_again(server, tmp_path: Path) -> None:
 def test_filter_options_reach_both_llm_stages(server, tmp_path: Path) -> None:
     """A build parameter tightens the filters of Text-to-Persona and Persona-to-Persona alike."""
     params = BuildHubParams(corpus=[str(corpus(tmp_path / "c", 2))], store=str(tmp_path / "store"),
-                            llm_base_url=server.base_url, relations=["read"],
+                            llm_base_url=server.base_url, embedding_base_url=server.base_url, relations=["read"],
                             graph=GraphParams(hops=1, k=2, max_new_per_hop=4), filters={"min_words": 200})
     summary = build_hub(params)
     by_stage = {s["stage"]: s for s in summary["stages"]}

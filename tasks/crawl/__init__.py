@@ -73,10 +73,11 @@ class CrawlParams(BaseModel):
                             strip_gutenberg=self.strip_gutenberg, strip_boilerplate=self.strip_boilerplate)
 
 
-def expand_sources(sources: list[str]) -> list[str]:
-    """Every supported file under the given paths, globs and directories (any fsspec URL), sorted."""
+def expand_sources(sources: list[str], suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Every supported file (by default: that a crawl reader takes) under the given paths, globs and
+    directories (any fsspec URL), sorted."""
     found: set[str] = set()
-    suffixes = supported_suffixes()
+    suffixes = suffixes or supported_suffixes()
     for source in sources:
         fs, _ = fsspec.core.url_to_fs(source)
         protocol = fsspec.core.split_protocol(source)[0]

@@ -1,0 +1,106 @@
+"""The `dedup` flow: both dedup stages on persona sets users already have (JSONL, JSON, Parquet).
+
+persona_input (one shard per file) → MinHash stage → embedding stage, each checkpointed like every
+other stage, under runs/<run_id>/. With `hub`, the personas are deduplicated against that
+hub's latest version (its stored sketches and vectors), as a nightly refresh does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages
+from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
+from personahub.tasks import hub_index, persona_input, publish
+from personahub.tasks.checkpoint import params_hash
+from personahub.tasks.run_context import RunContext
+from personahub.tasks.settings import load_settings
+
+
+class DedupFlowParams(BaseModel):
+    paths: list[str] = Field(description="Persona files, directories or globs (.jsonl[.gz], .json, .parquet; any fsspec URL)")
+    text_column: str | None = Field(None, description="Column with the persona text (default: persona, else text)")
+    minhash: MinHashParams = MinHashParams()
+    embedding: EmbeddingParams = EmbeddingParams()
+    hub: str | None = Field(None, description="Dedup against this hub's latest version (if it has one): its personas "
+                            "are kept and new duplicates of them dropped")
+    publish: bool = Field(False, description="Publish the kept personas as the hub's next version (with its dedup index)")
+    reuse_hub_index: bool = Field(True, description="Use the hub's stored sketches and vectors (False: recompute them)")
+    run_id: str | None = None
+    store: str | None = Field(None, description="Store URL (default: settings)")
+    embedding_base_url: str | None = Field(None, description="OpenAI-compatible /v1 for embeddings (default: embedded model)")
+    embedding_model: str | None = None
+
+
+def dedup_run_id(params: DedupFlowParams, shard_ids: list[str]) -> str:
+    return "dedup-" + params_hash({"shards": sorted(shard_ids), "text_column": params.text_column,
+                                   "minhash": params.minhash, "embedding": params.embedding,
+                                   "hub": params.hub, "reuse_hub_index": params.reuse_hub_index})[:12]
+
+
+@flow(name="dedup", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+def dedup(params: DedupFlowParams) -> dict[str, Any]:
+    """Deduplicate persona files: MinHash (Jaccard), then embeddings (cosine); counts per stage."""
+    settings = load_settings(store=params.store, embedding_base_url=params.embedding_base_url,
+                             embedding_model=params.embedding_model)
+    shards = persona_input.plan_persona_shards(params.paths)
+    run_id = params.run_id or dedup_run_id(params, list(shards))
+    ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
+    logger = get_run_logger()
+    logger.info("run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
+
+    input_params = {"text_column": params.text_column}
+    personas, ran, skipped = run_stage(
+        "persona_input", ctx.checkpoint("persona_input", input_params), {sid: (p,) for sid, p in shards.items()},
+        lambda sid, a: persona_input.read_task.submit(ctx, "persona_input", input_params, sid, *a), batch=8)
+    stages = [stage_report("persona_input", personas, ran, skipped)]
+
+    if params.publish and not params.hub:
+        raise ValueError("publish needs a hub name")
+    base = publish.base_version(ctx.store, params.hub, run_id) if params.hub else None
+    final, reports, index_parts = dedup_stages(ctx, settings, personas, params.minhash, params.embedding,
+                                               HubBase.of(base, reuse=params.reuse_hub_index))
+    stages.extend(reports)
+    version = None
+    if params.publish:
+        version = publish_once(ctx, params.hub, run_id, final, base, index_parts, stages)
+    for s in stages:
+        s.pop("_ran", None)
+    summary = {
+        "run_id": run_id,
+        "run": ctx.store.uri(f"runs/{run_id}"),
+        "input": stages[0]["counts"]["rows_in"],
+        "kept": final["totals"]["rows_out"],
+        "kept_files": [ctx.store.uri(s["files"]["data"]) for s in final["shards"] if s["rows"].get("data")],
+        "hub": params.hub,
+        "base_version": base["version"] if base else None,
+        "version": version,
+        "stages": stages,
+    }
+    create_markdown_artifact(key="dedup-summary", markdown="\n".join(
+        [f"# Dedup `{run_id}`: {summary['input']} personas in, {summary['kept']} kept", ""] + stages_markdown(stages)),
+        description="dedup counts")
+    return summary
+
+
+def publish_once(ctx: RunContext, hub: str, run_id: str, final: dict[str, Any], base: dict[str, Any] | None,
+                 index_parts: dict[str, Any], stages: list[dict[str, Any]]) -> str:
+    """The kept personas as the hub's next version (base's personas + these), once per finished run."""
+    checkpoint = ctx.checkpoint("publish", {"hub": hub, "input": manifest_digest(final),
+                                            "base": base["version"] if base else None})
+    if checkpoint.is_complete():
+        return checkpoint.manifest()["summary"]["version"]
+    store = ctx.store
+    files = [s["files"]["data"] for s in sorted(final["shards"], key=lambda s: s["id"]) if s["rows"].get("data", 0) > 0]
+    lineage = {"run_id": run_id, "stages": {s["stage"]: s["counts"] for s in stages}}
+    manifest = publish.publish_hub(
+        store, hub, run_id, files, lineage, previous=base,
+        index=lambda prefix, previous: hub_index.write_index(store, prefix, index_parts["minhash"],
+                                                             index_parts.get("embedding"), previous))
+    checkpoint.finalize(expected_shards=[], summary={"version": manifest["version"]})
+    return manifest["version"]
