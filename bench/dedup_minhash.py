@@ -289,7 +289,7 @@ def main() -> None:
     results["ours"]["recall"], results["ours"]["group_recall"] = recall(results["ours"]["found_file"], truth_full)
     results["datasketch"]["true_pairs"] = int(len(truth_ds))
     results["datasketch"]["recall"], results["datasketch"]["group_recall"] = recall(results["datasketch"]["found_file"], truth_ds)
-    print(f"\n| side | personas | banding | personas/s | seconds | peak RSS MB | true pairs (rows) | pair recall | group recall |")
+    print("\n| side | personas | banding | personas/s | seconds | peak RSS MB | true pairs (rows) | pair recall | group recall |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results.values():
         print(f"| {r['side']} | {r['n']:,} | {r['banding']} | {r['personas_per_s']:,.0f} | {r['seconds']:.1f} | "

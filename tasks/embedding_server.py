@@ -28,7 +28,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -42,11 +41,10 @@ import httpx
 
 from personahub.tasks.llama_server import (
     KEEP_SERVER_LOGS,
-    LOG_TAIL_LINES,
     _stop_process,
     free_port,
     server_threads,
-    tail,
+    wait_ready,
 )
 from personahub.tasks.settings import Settings, load_settings
 
@@ -363,33 +361,16 @@ class EmbeddedEmbeddingServer:
             raise
 
     def _wait_ready(self) -> None:
-        """Poll /health until it answers 200; fail fast with the log tail if the process dies."""
+        """Wait for /health; it reports the model and its dimension."""
         assert self.process is not None and self.log_path is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        url = f"http://{self.host}:{self.port}/health"
-        with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: never via a proxy
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    text = tail(self.log_path)
-                    cls = _PortTaken if re.search(r"address already in use", text, re.I) else EmbeddedEmbeddingError
-                    raise cls(f"embedded embedding server exited with code {code} before becoming ready; "
-                              f"log: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}")
-                try:
-                    response = client.get(url)
-                    if response.status_code == 200:
-                        info = response.json()
-                        self.model = str(info.get("model") or self.model)
-                        self.dim = int(info.get("dim") or self.dim)
-                        return
-                except (httpx.HTTPError, ValueError):
-                    pass  # still importing torch / loading the model
-                if time.monotonic() > deadline:
-                    raise EmbeddedEmbeddingError(
-                        f"embedded embedding server did not answer {url} within {self.startup_timeout_s:.0f}s; "
-                        f"log: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail(self.log_path)}"
-                    )
-                time.sleep(0.25)
+
+        def info(response: httpx.Response) -> None:
+            body = response.json()
+            self.model = str(body.get("model") or self.model)
+            self.dim = int(body.get("dim") or self.dim)
+
+        wait_ready(self.process, self.log_path, f"http://{self.host}:{self.port}/health", self.startup_timeout_s,
+                   "embedded embedding server", EmbeddedEmbeddingError, _PortTaken, r"address already in use", info)
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, grace, then SIGKILL). Idempotent."""

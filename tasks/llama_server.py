@@ -33,11 +33,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 
 from personahub.tasks.settings import Settings, load_settings
+
+T = TypeVar("T")
 
 Log = Callable[[str], Any]
 
@@ -407,6 +409,33 @@ def llama_cpp_python_command(model: Path, port: int, settings: Settings,
     ]
 
 
+def wait_ready(process: subprocess.Popen[bytes], log_path: Path, url: str, timeout_s: float, what: str,
+               error: type[Exception], port_taken: type[Exception], port_pattern: str,
+               ready: Callable[[httpx.Response], T]) -> T:
+    """Poll `url` until `ready(response)` accepts a 200 answer; fail fast with the log tail if the
+    process dies (as `port_taken` when its log matches `port_pattern`, so the caller can retry on
+    another port), or after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: never via a proxy
+        while True:
+            code = process.poll()
+            if code is not None:
+                text = tail(log_path)
+                cls = port_taken if re.search(port_pattern, text, re.I) else error
+                raise cls(f"{what} exited with code {code} before becoming ready; "
+                          f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}")
+            try:
+                response = client.get(url)
+                if response.status_code == 200:
+                    return ready(response)
+            except (httpx.HTTPError, ValueError, KeyError, IndexError):
+                pass  # not listening yet, still loading the model
+            if time.monotonic() > deadline:
+                raise error(f"{what} did not answer {url} within {timeout_s:.0f}s; "
+                            f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail(log_path)}")
+            time.sleep(0.25)
+
+
 def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM, wait, then SIGKILL. Safe to call twice and from atexit/finalizers."""
     if proc.poll() is None:
@@ -549,31 +578,15 @@ class EmbeddedLLMServer:
             raise
 
     def _wait_ready(self) -> str:
-        """Poll /v1/models until it answers 200; fail fast with the log tail if the process dies."""
+        """The served model's name, once /v1/models answers."""
         assert self.process is not None and self.log_path is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        url = f"{self.base_url}/models"
-        with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: never via a proxy
-            while True:
-                code = self.process.poll()
-                if code is not None:
-                    text = tail(self.log_path)
-                    cls = _PortTaken if re.search(r"bind|address already in use", text, re.I) else EmbeddedLLMError
-                    raise cls(f"embedded LLM server exited with code {code} before becoming ready; "
-                              f"log: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}")
-                try:
-                    response = client.get(url)
-                    if response.status_code == 200:
-                        models = response.json().get("data") or []
-                        return str(models[0]["id"]) if models else self.alias
-                except (httpx.HTTPError, ValueError, KeyError, IndexError):
-                    pass  # not listening yet, or 503 "Loading model"
-                if time.monotonic() > deadline:
-                    raise EmbeddedLLMError(
-                        f"embedded LLM server did not answer {url} within {self.startup_timeout_s:.0f}s; "
-                        f"log: {self.log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail(self.log_path)}"
-                    )
-                time.sleep(0.25)
+
+        def model_name(response: httpx.Response) -> str:
+            models = response.json().get("data") or []
+            return str(models[0]["id"]) if models else self.alias
+
+        return wait_ready(self.process, self.log_path, f"{self.base_url}/models", self.startup_timeout_s,
+                          "embedded LLM server", EmbeddedLLMError, _PortTaken, r"bind|address already in use", model_name)
 
     def stop(self) -> None:
         """Terminate the server (SIGTERM, 10 s grace, then SIGKILL). Idempotent."""
