@@ -29,6 +29,7 @@ Peak RSS (ru_maxrss) is read before the exact check, so it is generation + searc
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -38,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from personahub.tasks.vector_search import (TRAIN_PER_LIST, default_margin, default_nlist, default_nprobe,
+from personahub.tasks.vector_search import (TRAIN_PER_LIST, MARGIN, default_nlist, default_nprobe,
                                             near_pairs)
 
 BLOCK = 65_536
@@ -140,7 +141,7 @@ def _pairs(vectors: np.ndarray, threshold: float, a: np.ndarray, b: np.ndarray) 
 def truth_pairs(vectors: np.ndarray, sample: np.ndarray, threshold: float) -> np.ndarray:
     """Keys min(i, j) * n + max(i, j) of every pair at cosine >= threshold with i in sample."""
     n = len(vectors)
-    keys = []
+    keys = [np.zeros(0, np.int64)]
     for s in range(0, len(sample), 256):
         rows = sample[s:s + 256]
         scores = vectors[rows] @ vectors.T
@@ -181,7 +182,7 @@ def main() -> None:
     rss_before = rss_mb()
     nlist = args.nlist or default_nlist(n)
     nprobe = args.nprobe or default_nprobe(args.threshold, nlist)
-    margin = default_margin(args.threshold) if args.margin is None else args.margin
+    margin = MARGIN if args.margin is None else args.margin
     load = os.getloadavg()[0]
     t = time.perf_counter()
     if args.method in ("ours", "exact"):
@@ -211,6 +212,7 @@ def main() -> None:
         "margin": margin if args.method == "ours" else None,
         "hnsw_k_ef": [args.k, args.ef] if args.method == "faiss-hnsw" else None,
         "search_s": round(search_s, 1), "pairs": int(len(a)),
+        "pairs_sha1": hashlib.sha1(a.astype(np.int64).tobytes() + b.astype(np.int64).tobytes()).hexdigest(),
         "recall": round(recall, 4), "sample_rows": int(len(sample)), "sample_true_pairs": int(len(truth)),
         "missed_cosines": [round(float(c), 4) for c in np.sort(missed_cos)[:20]],
         "peak_rss_mb": round(peak), "rss_before_search_mb": round(rss_before),

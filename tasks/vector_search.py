@@ -27,7 +27,7 @@ clustered paths agree on every pair they both return.
 
 Defaults (bench/embedding_search.py, 2 cores, AMD EPYC, sentence-embedding-like data with planted
 near-duplicates; recall = share of the exact pairs of 3,000-5,000 sampled rows that are returned):
-    see DEFAULTS below for the numbers behind default_nlist / default_nprobe / default_margin.
+    see DEFAULTS below for the numbers behind default_nlist / default_nprobe / MARGIN.
 
 Determinism: the k-means sample, its seed and the thread count (faiss.omp_get_max_threads) fix the
 centroids; assignment, probing and the float64 recheck are deterministic, and the output is sorted.
@@ -49,6 +49,7 @@ KMEANS_ITER = 20
 SLACK = 1e-5
 # scores of one matrix multiply at most (64 MB of float32)
 SCORE_CELLS = 1 << 24
+MARGIN = 0.4
 
 
 def default_nlist(n: int) -> int:
@@ -57,10 +58,6 @@ def default_nlist(n: int) -> int:
 
 def default_nprobe(threshold: float, nlist: int) -> int:
     return min(nlist, 16 if threshold >= 0.8 else 32 if threshold >= 0.6 else 64)
-
-
-def default_margin(threshold: float) -> float:
-    return 0.4
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -254,7 +251,7 @@ def near_pairs(base: np.ndarray, threshold: float, *, queries: Iterable[tuple[in
     base: (n, d) unit rows. Without `queries`, a self-join of base: each unordered pair once, i < j.
     With `queries`: (offset, block) chunks streamed against base (memory: base, its index and one
     chunk), query index = offset + row. Exact below `exact_below` base rows; above, clustered lists
-    (nlist / nprobe / margin default to default_nlist / default_nprobe / default_margin; margin =
+    (nlist / nprobe / margin default to default_nlist / default_nprobe / MARGIN; margin =
     inf gives a plain nprobe-nearest-lists IVF). Cosines are exact; every pair clears the threshold.
     """
     base = np.ascontiguousarray(base, np.float32)
@@ -267,4 +264,4 @@ def near_pairs(base: np.ndarray, threshold: float, *, queries: Iterable[tuple[in
         return _exact_queries(base, _rechunk(queries, chunk), threshold)
     nlist = nlist or default_nlist(n)
     return _clustered(base, queries, threshold, nlist, nprobe or default_nprobe(threshold, nlist),
-                      default_margin(threshold) if margin is None else margin, seed, chunk)
+                      MARGIN if margin is None else margin, seed, chunk)
