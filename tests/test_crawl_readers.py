@@ -68,6 +68,38 @@ def test_extraction_drops_boilerplate_and_empty_pages_are_errors() -> None:
     assert extract_html(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR").error.startswith("undecodable")
 
 
+def test_extraction_runs_one_at_a_time_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent trafilatura.extract() calls crash lxml (SIGSEGV seen in CI); the crawl's threads must take turns."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import trafilatura
+
+    real_extract = trafilatura.extract
+    inside, most = 0, 0
+    guard = threading.Lock()
+
+    def counting_extract(*args, **kwargs):
+        nonlocal inside, most
+        with guard:
+            inside += 1
+            most = max(most, inside)
+        time.sleep(0.01)  # widen the window in which a second thread would enter
+        try:
+            return real_extract(*args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(trafilatura, "extract", counting_extract)
+    raw = page("Keeper", ARTICLE).encode()
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda _: extract_html(raw), range(16)))
+    assert all("lighthouse keeper" in out.text for out in outs)
+    assert most == 1
+
+
 def test_decoding_rules() -> None:
     assert decode_bytes("naïve".encode()) == ("naïve", "utf-8")
     # A page that says ISO-8859-1 but is UTF-8: valid UTF-8 wins.

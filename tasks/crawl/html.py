@@ -30,6 +30,7 @@ import codecs
 import html as _html_entities  # the standard library module (this file is personahub.tasks.crawl.html)
 import logging
 import re
+import threading
 from dataclasses import dataclass
 
 import charset_normalizer
@@ -37,6 +38,13 @@ import charset_normalizer
 SNIFF_BYTES = 4096  # where a <meta charset> must appear (the HTML spec says 1024; pages are sloppier)
 DETECT_BYTES = 65536  # sample given to charset-normalizer
 MAX_REPLACEMENT_RATIO = 0.001  # a declared charset producing more U+FFFD than this is not trusted
+
+# trafilatura shares one lxml parser and lxml.html shares compiled XPaths between threads; concurrent
+# extract() calls crash the process now and then (SIGSEGV inside lxml's text_content: our CI run on
+# 2026-11-21, adbar/trafilatura#840 and #925, still open with lxml 6.1). One extraction at a time per
+# process: threads only gained 10 % on 2 cores (67 vs 60 pages/s, the GIL holds most of the
+# work); parallel extraction comes from processes (Dask workers).
+_EXTRACT_LOCK = threading.Lock()
 
 # WHATWG Encoding Standard label → Python codec, for the labels where Python's own lookup differs
 # from what browsers do (browsers decode "ISO-8859-1" as windows-1252, "Shift_JIS" as cp932, …).
@@ -223,17 +231,18 @@ def main_text(html: str, url: str | None = None) -> str | None:
     # trafilatura logs an ERROR or WARNING per page it finds nothing in; the Record carries that
     # reason already, so those lines would only flood the flow's log.
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
-    return trafilatura.extract(
-        html,
-        url=url,
-        output_format="txt",
-        include_comments=False,
-        include_tables=True,
-        include_images=False,
-        include_links=False,
-        deduplicate=False,
-        with_metadata=False,
-    )
+    with _EXTRACT_LOCK:
+        return trafilatura.extract(
+            html,
+            url=url,
+            output_format="txt",
+            include_comments=False,
+            include_tables=True,
+            include_images=False,
+            include_links=False,
+            deduplicate=False,
+            with_metadata=False,
+        )
 
 
 def extract_html(raw: bytes, *, url: str | None = None, declared_encoding: str | None = None) -> HtmlText:
