@@ -158,7 +158,8 @@ def apply_stage(ctx: RunContext, stage: str, upstream: dict[str, Any], decision:
 class EmbeddingParams(BaseModel):
     enabled: bool = Field(True, description="Run the embedding stage after MinHash")
     threshold: float = Field(0.9, gt=-1, le=1, description="Cosine at or above which personas are duplicates (0.5: a stricter hub)")
-    batch_size: int = Field(256, ge=1, description="Texts per /v1/embeddings request")
+    batch_size: int | None = Field(None, ge=1, le=2048,
+                                   description="Texts per /v1/embeddings request (default: settings.embedding_batch_size)")
     exact_below: int | None = Field(None, ge=0, description="Exact search below this many personas (default: vector_search's)")
 
 
@@ -173,9 +174,9 @@ def hub_vector_inputs(index: dict[str, Any] | None) -> list[dedup_embedding.Vect
     return [dedup_embedding.VectorInput(s["vectors"], s["id"], s["rows"], True) for s in index["shards"]]
 
 
-def _embed(ctx: RunContext, stage: str, upstream: dict[str, Any], params: EmbeddingParams, llm: dict[str, Any],
+def _embed(ctx: RunContext, stage: str, upstream: dict[str, Any], batch_size: int, llm: dict[str, Any],
            dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    embed_params = {"model": llm["model"], "dim": dim, "batch_size": params.batch_size, "input": manifest_digest(upstream)}
+    embed_params = {"model": llm["model"], "dim": dim, "batch_size": batch_size, "input": manifest_digest(upstream)}
     manifest, ran, skipped = run_stage(
         stage, ctx.checkpoint(stage, embed_params), {sid: (f,) for sid, f in data_shards(upstream).items()},
         lambda sid, a: dedup_embedding.embed_task.submit(ctx, stage, embed_params, sid, a[0], llm), batch=2)
@@ -183,7 +184,7 @@ def _embed(ctx: RunContext, stage: str, upstream: dict[str, Any], params: Embedd
 
 
 def embedding_stages(ctx: RunContext, upstream: dict[str, Any], params: EmbeddingParams, endpoint: Any, model: str,
-                     concurrency: int, hub: HubBase | None = None,
+                     concurrency: int, hub: HubBase | None = None, default_batch_size: int = 256,
                      ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Run the embedding dedup of an upstream stage's persona shards (against `hub` if given)."""
     stored = hub.stored("embedding") if hub else None
@@ -194,13 +195,14 @@ def embedding_stages(ctx: RunContext, upstream: dict[str, Any], params: Embeddin
     if todo:
         llm["base_url"] = endpoint.base_url
     dim = stored["dim"] if stored else (embedding_dim(ctx, llm) if todo else 0)
-    vectors, report = _embed(ctx, "embed", upstream, params, llm, dim)
+    batch_size = params.batch_size or default_batch_size
+    vectors, report = _embed(ctx, "embed", upstream, batch_size, llm, dim)
     reports = [report]
     inputs = vector_inputs(vectors, fixed=False)
     if stored:
         inputs += hub_vector_inputs(stored)
     elif hub:
-        hub_vectors, report = _embed(ctx, "embed_hub", hub.upstream, params, llm, dim)
+        hub_vectors, report = _embed(ctx, "embed_hub", hub.upstream, batch_size, llm, dim)
         reports.append(report)
         inputs += vector_inputs(hub_vectors, fixed=True)
 
@@ -235,7 +237,8 @@ def dedup_stages(ctx: RunContext, settings: Any, upstream: dict[str, Any], minha
 
         with EmbeddingEndpoint(settings) as endpoint:
             kept, more, emb_index = embedding_stages(
-                ctx, kept, embedding_params, endpoint, endpoint.model, settings.embedding_max_concurrency, hub)
+                ctx, kept, embedding_params, endpoint, endpoint.model, settings.embedding_max_concurrency, hub,
+                settings.embedding_batch_size)
         reports.extend(more)
         index["embedding"] = emb_index
     return kept, reports, index

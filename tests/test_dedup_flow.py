@@ -109,6 +109,20 @@ def test_lower_embedding_threshold_removes_more(server, tmp_path):
     assert removed_09 == 1 and removed_05 >= 2
 
 
+def test_embedding_batch_size_comes_from_settings_unless_the_run_sets_it(server, tmp_path, monkeypatch):
+    rows = [{"id": f"b{i}", "persona": t} for i, t in enumerate(BASE)]
+    src = write_jsonl(tmp_path / "in" / "p.jsonl", rows)
+    monkeypatch.setenv("PERSONAHUB_EMBEDDING_BATCH_SIZE", "3")
+    server.reset()
+    run(tmp_path, server, [src], minhash={"threshold": 1.0})
+    sizes = [len(r["input"]) for r in server.embedding_requests if isinstance(r["input"], list)]
+    assert max(sizes) == 3 and sum(sizes) >= len(BASE)
+    server.reset()
+    run(tmp_path, server, [src], minhash={"threshold": 1.0}, embedding={"batch_size": 5}, store_dir=tmp_path / "s5")
+    sizes = [len(r["input"]) for r in server.embedding_requests if isinstance(r["input"], list)]
+    assert max(sizes) == 5
+
+
 def test_the_same_input_keeps_the_same_personas_in_any_shard_order(server, tmp_path):
     rows = rows_with_variants()
     first = [write_jsonl(tmp_path / "a" / f"part{k}.jsonl", rows[k::3]) for k in range(3)]
