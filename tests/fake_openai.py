@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
@@ -323,6 +325,20 @@ class FakeOpenAIServer:
         return reply
 
     # --- app ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _counted(self, counter: str, log: list[dict], body: dict) -> Iterator[None]:
+        """Count and record one request, and track how many are being answered at once."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+            log.append(body)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
     def _unauthorised(self, request: Request) -> JSONResponse | None:
         if self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}":
             return None
@@ -339,12 +355,7 @@ class FakeOpenAIServer:
 
         async def chat(request: Request) -> JSONResponse:
             body = await request.json()
-            with self._lock:
-                self.calls += 1
-                self.requests.append(body)
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
+            with self._counted("calls", self.requests, body):
                 denied = self._unauthorised(request)
                 if denied:
                     return denied
@@ -352,10 +363,9 @@ class FakeOpenAIServer:
                 if not self.supports_json_schema and response_format.get("type") == "json_schema":
                     return _error(400, "response_format json_schema not supported")
                 reply = self._next_reply(body)
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                if reply.status >= 400:
-                    return _error(reply.status, reply.message or "error", headers=reply.headers)
+                failed = await _delay_or_error(reply)
+                if failed:
+                    return failed
                 content = reply.content or ""
                 prompt_tokens = reply.prompt_tokens
                 if prompt_tokens is None:
@@ -382,18 +392,10 @@ class FakeOpenAIServer:
                     },
                     headers=reply.headers,
                 )
-            finally:
-                with self._lock:
-                    self.in_flight -= 1
 
         async def embeddings(request: Request) -> JSONResponse:
             body = await request.json()
-            with self._lock:
-                self.embedding_calls += 1
-                self.embedding_requests.append(body)
-                self.in_flight += 1
-                self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
+            with self._counted("embedding_calls", self.embedding_requests, body):
                 denied = self._unauthorised(request)
                 if denied:
                     return denied
@@ -402,10 +404,9 @@ class FakeOpenAIServer:
                 if not texts or not all(isinstance(t, str) for t in texts):
                     return _error(400, "input must be a string or a list of strings")
                 reply = self._next_embedding_reply(body)
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                if reply.status >= 400:
-                    return _error(reply.status, reply.message or "error", headers=reply.headers)
+                failed = await _delay_or_error(reply)
+                if failed:
+                    return failed
                 dim = int(body.get("dimensions") or self.embedding_dim)
                 vectors = reply.vectors if reply.vectors is not None else [fake_embedding(t, dim) for t in texts]
                 encoding = self.embedding_encoding or body.get("encoding_format") or "float"
@@ -426,9 +427,6 @@ class FakeOpenAIServer:
                     },
                     headers=reply.headers,
                 )
-            finally:
-                with self._lock:
-                    self.in_flight -= 1
 
         return Starlette(
             routes=[
@@ -437,6 +435,15 @@ class FakeOpenAIServer:
                 Route("/v1/embeddings", embeddings, methods=["POST"]),
             ]
         )
+
+
+async def _delay_or_error(reply: FakeReply) -> JSONResponse | None:
+    """Wait the reply's delay; the error response if the reply is an error."""
+    if reply.delay:
+        await asyncio.sleep(reply.delay)
+    if reply.status >= 400:
+        return _error(reply.status, reply.message or "error", headers=reply.headers)
+    return None
 
 
 def _error(status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from personahub.tasks import llama_server as ls
+from personahub.tasks.local_server import port_is_open, stop_process
 from personahub.tasks.settings import Settings
 
 FAKE_SERVER = textwrap.dedent(
@@ -309,11 +310,11 @@ def test_server_start_wait_stop(settings: Settings, fake_server: Path, fake_gguf
         assert server.running and server.backend == "llama-server"
         assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.model == ls.MODEL_ALIAS
-        assert server.port is not None and ls.port_is_open(server.port)
+        assert server.port is not None and port_is_open(server.port)
         assert server.log_path is not None and server.log_path.parent == settings.cache_dir / "logs"
         process = server.process
     assert process is not None and process.poll() is not None
-    assert not ls.port_is_open(server.port)
+    assert not port_is_open(server.port)
     server.stop()  # idempotent
 
 
@@ -350,7 +351,7 @@ def test_stop_kills_a_process_that_ignores_sigterm() -> None:
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
-    ls._stop_process(proc, grace_s=0.5)
+    stop_process(proc, grace_s=0.5)
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -393,4 +394,4 @@ def test_real_embedded_server_chat_completion(tmp_path: Path, embedded_model: tu
         assert isinstance(content, str) and content.strip()
         assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
         port = server.port
-    assert port is not None and not ls.port_is_open(port)
+    assert port is not None and not port_is_open(port)
