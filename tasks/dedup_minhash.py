@@ -19,6 +19,8 @@ joinable with a run partitioned into 2^k.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,7 @@ BAND_ROWS_PER_PARTITION = 8_000_000
 WINDOW = 32
 SKETCH_BATCH_ROWS = 50_000
 TIER_BIT = np.uint64(1 << 63)
+JACCARD_CHUNK = 1 << 20  # pairs per verification chunk when verifying on several threads
 
 SKETCH_SCHEMA = pa.schema([
     pa.field("persona_id", pa.string()),
@@ -152,9 +155,11 @@ def _bucket_pairs(keys, nodes, fixed, window, out_a, out_b):  # pragma: no cover
     return count
 
 
-def unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values. numpy >= 2.3's np.unique hashes integers, ~10x slower than sorting here."""
-    values = np.sort(values)
+def unique(values: np.ndarray, *, sorted_runs: bool = False) -> np.ndarray:
+    """Sorted distinct values. numpy >= 2.3's np.unique hashes integers, ~10x slower than sorting here.
+    `sorted_runs`: the values are a concatenation of sorted arrays; timsort merges the runs (66M pairs
+    from 32 partitions: 3.6 s instead of 12.4 s)."""
+    values = np.sort(values, kind="stable" if sorted_runs else None)
     if len(values) < 2:
         return values
     keep = np.empty(len(values), np.bool_)
@@ -245,9 +250,33 @@ def _jaccard(a, b, offsets, values):  # pragma: no cover - compiled
     return out
 
 
-def jaccard(a: np.ndarray, b: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of word sets a[i], b[i] (indices into a CSR of sorted distinct word hashes)."""
-    return _jaccard(np.asarray(a, np.int64), np.asarray(b, np.int64), offsets, values)
+def jaccard(a: np.ndarray, b: np.ndarray, offsets: np.ndarray, values: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Exact Jaccard of word sets a[i], b[i] (indices into a CSR of sorted distinct word hashes),
+    in `threads` chunks at once (the compiled loop releases the GIL)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if threads <= 1 or len(a) < 2 * JACCARD_CHUNK:
+        return _jaccard(a, b, offsets, values)
+    out = np.empty(len(a), np.float32)
+
+    def chunk(start: int) -> None:
+        out[start : start + JACCARD_CHUNK] = _jaccard(a[start : start + JACCARD_CHUNK], b[start : start + JACCARD_CHUNK],
+                                                      offsets, values)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(chunk, range(0, len(a), JACCARD_CHUNK)))
+    return out
+
+
+def node_index(a: np.ndarray, b: np.ndarray, total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct nodes of pairs (a, b) of global rows < total, sorted, and each pair's nodes as
+    indices into them. One pass over a mask and a dense map: at 10M rows and 133M endpoints 2 s,
+    where unique + searchsorted took 60 s."""
+    mask = np.zeros(total, np.bool_)
+    mask[a] = True
+    mask[b] = True
+    nodes = np.flatnonzero(mask)
+    index = np.cumsum(mask, dtype=np.int64 if len(nodes) >= 2**31 else np.int32) - 1
+    return nodes, index[a], index[b]
 
 
 @dataclass
@@ -294,7 +323,8 @@ def read_pairs(store: Store, files: Sequence[str]) -> np.ndarray:
     for f in files:
         t = store.read_parquet(f)
         parts.append((t.column("a").to_numpy().astype(np.uint64) << np.uint64(32)) | t.column("b").to_numpy().astype(np.uint64))
-    return unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+    # each partition's pairs are unique and sorted; a pair can recur across partitions (other bands)
+    return unique(np.concatenate(parts), sorted_runs=True) if parts else np.zeros(0, np.uint64)
 
 
 REMOVED_SCHEMA = pa.schema([
@@ -332,10 +362,10 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Sketc
     packed = read_pairs(store, pair_files)
     a_glob = (packed >> np.uint64(32)).astype(np.int64)
     b_glob = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    nodes = unique(np.concatenate([a_glob, b_glob]))
+    nodes, a, b = node_index(a_glob, b_glob, max((inp.offset + inp.rows for inp in inputs), default=0))
+    del a_glob, b_glob
     data = load_nodes(store, inputs, nodes)
-    a, b = np.searchsorted(nodes, a_glob), np.searchsorted(nodes, b_glob)
-    sims = jaccard(a, b, data.set_offsets, data.set_values)
+    sims = jaccard(a, b, data.set_offsets, data.set_values, threads=os.cpu_count() or 1)
     verified = sims >= np.float32(threshold)
     selection = dedup_keep.select(data.rank, a[verified], b[verified], sims[verified], fixed=data.fixed)
     new_inputs = [(inp.offset, inp.sketches) for inp in inputs if not inp.fixed]

@@ -74,3 +74,29 @@ def test_rank_keys_order_tier_then_hop_then_id_hash() -> None:
     assert (hub < new.min()).all()
     assert new[0] < new[1] < new[2]
     assert (minhash.rank_keys(ids, np.array([0, 1, 6])) == new).all()  # deterministic across calls
+
+
+def test_node_index_maps_pairs_to_their_sorted_distinct_nodes() -> None:
+    from personahub.tasks.dedup_minhash import node_index
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 1000, 5000), rng.integers(0, 1000, 5000)
+    nodes, ia, ib = node_index(a, b, 1000)
+    assert np.array_equal(nodes, np.unique(np.concatenate([a, b])))
+    assert np.array_equal(nodes[ia], a) and np.array_equal(nodes[ib], b)
+
+
+def test_jaccard_on_several_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from personahub.tasks import dedup_minhash
+
+    monkeypatch.setattr(dedup_minhash, "JACCARD_CHUNK", 1000)
+    rng = np.random.default_rng(1)
+    sets = [np.unique(rng.integers(0, 60, rng.integers(1, 40))).astype(np.uint64) for _ in range(300)]
+    offsets = np.zeros(len(sets) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in sets])
+    values = np.concatenate(sets)
+    a, b = rng.integers(0, 300, 10_500), rng.integers(0, 300, 10_500)
+    one = dedup_minhash.jaccard(a, b, offsets, values)
+    assert np.array_equal(dedup_minhash.jaccard(a, b, offsets, values, threads=3), one)
+    expected = [len(np.intersect1d(sets[i], sets[j])) / len(np.union1d(sets[i], sets[j])) for i, j in zip(a[:200], b[:200])]
+    assert np.allclose(one[:200], expected)
