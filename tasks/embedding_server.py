@@ -39,7 +39,7 @@ import httpx
 
 from personahub.tasks.llama_server import server_threads
 from personahub.tasks.local_server import LocalServer, Log
-from personahub.tasks.settings import Settings, load_settings
+from personahub.tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,7 @@ class EmbeddedEmbeddingServer(LocalServer):
         log_dir: Path | None = None,
         log: Log = print,
     ) -> None:
-        self.settings = settings or load_settings()
-        super().__init__(startup_timeout_s=startup_timeout_s,
-                         log_dir=Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs",
-                         log=log)
+        super().__init__(settings, startup_timeout_s=startup_timeout_s, log_dir=log_dir, log=log)
         self.threads = threads or server_threads(self.settings)
         self.precision = precision
         self.model = EMBEDDING_MODEL_ALIAS

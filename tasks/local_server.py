@@ -24,6 +24,8 @@ from typing import IO, Any, ClassVar
 
 import httpx
 
+from personahub.tasks.settings import Settings, load_settings
+
 Log = Callable[[str], Any]
 
 STOP_GRACE_S = 10.0
@@ -119,9 +121,11 @@ class LocalServer:
     port_taken_pattern: ClassVar[str] = r"address already in use"
     api_key = "sk-embedded"  # the SDK needs some key; these servers check none
 
-    def __init__(self, *, startup_timeout_s: float, log_dir: Path, log: Log = print) -> None:
+    def __init__(self, settings: Settings | None, *, startup_timeout_s: float, log_dir: Path | None = None,
+                 log: Log = print) -> None:
+        self.settings = settings or load_settings()
         self.startup_timeout_s = startup_timeout_s
-        self.log_dir = Path(log_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else Path(self.settings.cache_dir) / "logs"
         self._log = log
         self.host = "127.0.0.1"
         self.port: int | None = None

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from personahub.tasks.local_server import LocalServer, port_is_open, prune_logs
+from personahub.tasks.settings import Settings
 
 READY_SERVER = """
 import http.server, json, sys
@@ -33,7 +34,7 @@ class TinyServer(LocalServer):
     error = TinyError
 
     def __init__(self, log_dir: Path, lose_races: int) -> None:
-        super().__init__(startup_timeout_s=20, log_dir=log_dir, log=lambda _: None)
+        super().__init__(Settings(), startup_timeout_s=20, log_dir=log_dir, log=lambda _: None)
         self.lose_races = lose_races
         self.launches = 0
         self.model = ""
