@@ -183,19 +183,20 @@ def _embed(ctx: RunContext, stage: str, upstream: dict[str, Any], batch_size: in
     return manifest, stage_report(stage, manifest, ran, skipped)
 
 
-def embedding_stages(ctx: RunContext, upstream: dict[str, Any], params: EmbeddingParams, endpoint: Any, model: str,
-                     concurrency: int, hub: HubBase | None = None, default_batch_size: int = 256,
+def embedding_stages(ctx: RunContext, upstream: dict[str, Any], params: EmbeddingParams, endpoint: Any,
+                     settings: Any, hub: HubBase | None = None,
                      ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Run the embedding dedup of an upstream stage's persona shards (against `hub` if given)."""
+    model = endpoint.model
     stored = hub.stored("embedding") if hub else None
     if stored and stored["model"] != model:
         stored = None  # another model's vectors: the hub is embedded again with this one
-    llm = {"base_url": None, "model": model, "concurrency": concurrency, "purpose": "embeddings"}
+    llm = {"base_url": None, "model": model, "concurrency": settings.embedding_max_concurrency, "purpose": "embeddings"}
     todo = data_shards(upstream) or (hub is not None and not stored)
     if todo:
         llm["base_url"] = endpoint.base_url
     dim = stored["dim"] if stored else (embedding_dim(ctx, llm) if todo else 0)
-    batch_size = params.batch_size or default_batch_size
+    batch_size = params.batch_size or settings.embedding_batch_size
     vectors, report = _embed(ctx, "embed", upstream, batch_size, llm, dim)
     reports = [report]
     inputs = vector_inputs(vectors, fixed=False)
@@ -236,9 +237,7 @@ def dedup_stages(ctx: RunContext, settings: Any, upstream: dict[str, Any], minha
         from personahub.tasks.embedding_server import EmbeddingEndpoint  # torch loads only when the stage runs
 
         with EmbeddingEndpoint(settings) as endpoint:
-            kept, more, emb_index = embedding_stages(
-                ctx, kept, embedding_params, endpoint, endpoint.model, settings.embedding_max_concurrency, hub,
-                settings.embedding_batch_size)
+            kept, more, emb_index = embedding_stages(ctx, kept, embedding_params, endpoint, settings, hub)
         reports.extend(more)
         index["embedding"] = emb_index
     return kept, reports, index
