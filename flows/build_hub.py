@@ -21,9 +21,9 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
-from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages
+from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
-from personahub.tasks import hub_index, publish, text_to_persona
+from personahub.tasks import publish, text_to_persona
 from personahub.tasks.checkpoint import params_hash
 from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.llm_gateway import LLMGateway, Usage
@@ -196,19 +196,9 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     edge_files = [f for m in graph_manifests for f in data_files(m, "edges")]
 
     # 5. publish: a new hub version (the base version's personas + this run's), once per finished run
-    publish_checkpoint = ctx.checkpoint("publish", {"hub": params.hub, "input": manifest_digest(dedup_manifest),
-                                                    "base": base["version"] if base else None})
-    if publish_checkpoint.is_complete():
-        hub_manifest = publish_checkpoint.manifest()["summary"]["hub_manifest"]
-    else:
-        final_files = [s["files"]["data"] for s in dedup_manifest["shards"] if s["rows"].get("data", 0) > 0]
-        lineage = {"run_id": run_id, "model": model, "template": template.ref,
-                   "stages": {s["stage"]: s["counts"] for s in stages}}
-        hub_manifest = publish.publish_hub(
-            store, params.hub, run_id, final_files, lineage, edge_files, previous=base,
-            index=lambda prefix, previous: hub_index.write_index(store, prefix, index_parts["minhash"],
-                                                                 index_parts.get("embedding"), previous))
-        publish_checkpoint.finalize(expected_shards=[], summary={"hub_manifest": hub_manifest})
+    lineage = {"run_id": run_id, "model": model, "template": template.ref,
+               "stages": {s["stage"]: s["counts"] for s in stages}}
+    hub_manifest = publish_deduplicated(ctx, params.hub, run_id, dedup_manifest, base, index_parts, lineage, edge_files)
 
     summary = {
         "run_id": run_id,

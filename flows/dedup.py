@@ -14,9 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages
-from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
-from personahub.tasks import hub_index, persona_input, publish
+from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
+from personahub.flows.stage_runner import TASK_WORKERS, run_stage, stage_report, stages_markdown
+from personahub.tasks import persona_input, publish
 from personahub.tasks.checkpoint import params_hash
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.settings import load_settings
@@ -68,7 +68,8 @@ def dedup(params: DedupFlowParams) -> dict[str, Any]:
     stages.extend(reports)
     version = None
     if params.publish:
-        version = publish_once(ctx, params.hub, run_id, final, base, index_parts, stages)
+        lineage = {"run_id": run_id, "stages": {s["stage"]: s["counts"] for s in stages}}
+        version = publish_deduplicated(ctx, params.hub, run_id, final, base, index_parts, lineage)["version"]
     for s in stages:
         s.pop("_ran", None)
     summary = {
@@ -86,21 +87,3 @@ def dedup(params: DedupFlowParams) -> dict[str, Any]:
         [f"# Dedup `{run_id}`: {summary['input']} personas in, {summary['kept']} kept", ""] + stages_markdown(stages)),
         description="dedup counts")
     return summary
-
-
-def publish_once(ctx: RunContext, hub: str, run_id: str, final: dict[str, Any], base: dict[str, Any] | None,
-                 index_parts: dict[str, Any], stages: list[dict[str, Any]]) -> str:
-    """The kept personas as the hub's next version (base's personas + these), once per finished run."""
-    checkpoint = ctx.checkpoint("publish", {"hub": hub, "input": manifest_digest(final),
-                                            "base": base["version"] if base else None})
-    if checkpoint.is_complete():
-        return checkpoint.manifest()["summary"]["version"]
-    store = ctx.store
-    files = [s["files"]["data"] for s in sorted(final["shards"], key=lambda s: s["id"]) if s["rows"].get("data", 0) > 0]
-    lineage = {"run_id": run_id, "stages": {s["stage"]: s["counts"] for s in stages}}
-    manifest = publish.publish_hub(
-        store, hub, run_id, files, lineage, previous=base,
-        index=lambda prefix, previous: hub_index.write_index(store, prefix, index_parts["minhash"],
-                                                             index_parts.get("embedding"), previous))
-    checkpoint.finalize(expected_shards=[], summary={"version": manifest["version"]})
-    return manifest["version"]

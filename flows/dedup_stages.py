@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from personahub.flows.stage_runner import manifest_digest, run_stage, stage_report
-from personahub.tasks import dedup_apply, dedup_embedding, dedup_minhash, minhash, publish
+from personahub.tasks import dedup_apply, dedup_embedding, dedup_minhash, hub_index, minhash, publish
 from personahub.tasks.llm_gateway import LLMGateway
 from personahub.tasks.run_context import RunContext
 
@@ -241,3 +241,22 @@ def dedup_stages(ctx: RunContext, settings: Any, upstream: dict[str, Any], minha
         reports.extend(more)
         index["embedding"] = emb_index
     return kept, reports, index
+
+
+def publish_deduplicated(ctx: RunContext, hub: str, run_id: str, kept: dict[str, Any], base: dict[str, Any] | None,
+                         index_parts: dict[str, Any], lineage: dict[str, Any],
+                         edge_files: list[str] | None = None) -> dict[str, Any]:
+    """The kept personas as the hub's next version (base's personas + these, with the dedup index),
+    once per finished run: a rerun returns the version it already published."""
+    checkpoint = ctx.checkpoint("publish", {"hub": hub, "input": manifest_digest(kept),
+                                            "base": base["version"] if base else None})
+    if checkpoint.is_complete():
+        return checkpoint.manifest()["summary"]["hub_manifest"]
+    store = ctx.store
+    files = [s["files"]["data"] for s in sorted(kept["shards"], key=lambda s: s["id"]) if s["rows"].get("data", 0) > 0]
+    hub_manifest = publish.publish_hub(
+        store, hub, run_id, files, lineage, edge_files, previous=base,
+        index=lambda prefix, previous: hub_index.write_index(store, prefix, index_parts["minhash"],
+                                                             index_parts.get("embedding"), previous))
+    checkpoint.finalize(expected_shards=[], summary={"hub_manifest": hub_manifest})
+    return hub_manifest

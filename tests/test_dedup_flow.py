@@ -144,6 +144,8 @@ def test_incremental_dedup_equals_a_full_re_dedup_of_hub_and_new(server, tmp_pat
     new_src = write_jsonl(tmp_path / "new" / "new.jsonl", new_rows)
     first, store = run(tmp_path, server, [hub_src], hub="h", publish=True)
     assert first["version"] == "v0001"
+    again, _ = run(tmp_path, server, [hub_src], hub="h", publish=True)
+    assert again["version"] == "v0001", "a finished run is not published twice"
     hub_ids = kept_ids(first, store)
 
     incremental, _ = run(tmp_path, server, [new_src], hub="h")
