@@ -59,15 +59,14 @@ def embed_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, source
     usage = None
     with store.fs.open(store.full(source_file), "rb") as fh:
         parquet = pq.ParquetFile(fh)
-        columns = ["persona_id", text_column] + (["hop"] if "hop" in parquet.schema_arrow.names else [])
+        columns = [text_column] + minhash.rank_columns(parquet.schema_arrow.names)
         with checkpoint.open_shard(shard_id, {"vectors": vector_schema(dim)}) as shard:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
                 result = gateway.embed_many(batch.column(text_column).to_pylist(), model=model, batch_size=batch_size)
                 vectors = np.asarray(result.vectors, np.float32)
                 if vectors.shape != (batch.num_rows, dim):
                     raise ValueError(f"{model} returned vectors of shape {vectors.shape}, expected ({batch.num_rows}, {dim})")
-                hop = batch.column("hop").fill_null(0).to_numpy(zero_copy_only=False) if "hop" in columns else None
-                ranks = minhash.rank_keys(batch.column("persona_id"), hop) & ~TIER_BIT
+                ranks = minhash.batch_rank_keys(batch)
                 shard.write("vectors", pa.table({
                     "persona_id": batch.column("persona_id"),
                     "rank": pa.array(ranks, pa.uint64()),

@@ -89,12 +89,10 @@ def sketch_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, sourc
     rows = empty = 0
     with store.fs.open(store.full(source_file), "rb") as fh:
         parquet = pq.ParquetFile(fh)
-        names = parquet.schema_arrow.names
-        columns = ["persona_id", text_column] + (["hop"] if "hop" in names else [])
+        columns = [text_column] + minhash.rank_columns(parquet.schema_arrow.names)
         with checkpoint.open_shard(shard_id, {"sketches": SKETCH_SCHEMA}, any_kind_schema=BAND_SCHEMA) as shard:
             for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-                hop = batch.column("hop").fill_null(0).to_numpy(zero_copy_only=False) if "hop" in columns else None
-                ranks = minhash.rank_keys(batch.column("persona_id"), hop) & ~TIER_BIT
+                ranks = minhash.batch_rank_keys(batch)
                 sk = minhash.sketch(batch.column(text_column), banding)
                 words = pa.ListArray.from_arrays(pa.array(sk.set_offsets, pa.int64()).cast(pa.int32()),
                                                  pa.array(sk.set_values, pa.uint64()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -276,3 +277,13 @@ def rank_keys(persona_ids: pa.Array | pa.ChunkedArray | list[str], hop: np.ndarr
         raise ValueError("tier is 0 (existing hub) or 1 (new)")
     return (np.uint64(tier) << np.uint64(63)) | (hops << np.uint64(58)) | (hashed >> np.uint64(6))
 
+
+def rank_columns(names: Sequence[str]) -> list[str]:
+    """The columns batch_rank_keys reads from a persona shard with these column names."""
+    return ["persona_id"] + (["hop"] if "hop" in names else [])
+
+
+def batch_rank_keys(batch: pa.RecordBatch) -> np.ndarray:
+    """rank_keys of a batch of personas (its hop column if it has one), tier left to the reader."""
+    hop = batch.column("hop").fill_null(0).to_numpy(zero_copy_only=False) if "hop" in batch.schema.names else None
+    return rank_keys(batch.column("persona_id"), hop, tier=0)

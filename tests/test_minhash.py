@@ -100,3 +100,12 @@ def test_jaccard_on_several_threads_equals_one_thread(monkeypatch: pytest.Monkey
     assert np.array_equal(dedup_minhash.jaccard(a, b, offsets, values, threads=3), one)
     expected = [len(np.intersect1d(sets[i], sets[j])) / len(np.union1d(sets[i], sets[j])) for i, j in zip(a[:200], b[:200])]
     assert np.allclose(one[:200], expected)
+
+
+def test_batch_rank_keys_use_the_hop_column_when_there_is_one() -> None:
+    ids = pa.array(["a", "b"])
+    with_hop = pa.RecordBatch.from_pydict({"persona_id": ids, "hop": pa.array([3, None], pa.int32())})
+    without = pa.RecordBatch.from_pydict({"persona_id": ids})
+    assert np.array_equal(minhash.batch_rank_keys(with_hop), minhash.rank_keys(ids, np.array([3, 0]), tier=0))
+    assert np.array_equal(minhash.batch_rank_keys(without), minhash.rank_keys(ids, tier=0))
+    assert minhash.rank_columns(["persona", "hop", "persona_id"]) == ["persona_id", "hop"]
