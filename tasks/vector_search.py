@@ -7,8 +7,8 @@ Clustered (n >= exact_below): spherical k-means (faiss, on a seeded sample of TR
 per list) splits base into `nlist` inverted lists, each vector in the list of its nearest centroid;
 the lists are a list-ordered copy of base (the index: n x d float32, like faiss IndexIVFFlat). A
 query is compared with the members of some of its nearest lists by one matrix multiply per list
-(BLAS); faiss's own IVF range_search scans list by list per query, 3-9x slower here at the same
-lists scanned (numbers below). Which lists a query probes is adaptive:
+(BLAS); faiss's own IVF range_search scans list by list per query, several times slower here at
+the same lists scanned. Which lists a query probes is adaptive:
 
     list L is probed  iff  L is among the query's `nprobe` nearest centroids, and
                            s(q, c) - s(q, L) <= margin * sqrt(2 - 2 * threshold) * |mu_L - mu_c|
@@ -25,9 +25,9 @@ products of the float32 inputs) and kept iff it clears the threshold; the return
 value as float32. So the result does not depend on how the blocks were cut, and the exact and the
 clustered paths agree on every pair they both return.
 
-Defaults (bench/embedding_search.py, 2 cores, AMD EPYC, sentence-embedding-like data with planted
-near-duplicates; recall = share of the exact pairs of 3,000-5,000 sampled rows that are returned):
-    see DEFAULTS below for the numbers behind default_nlist / default_nprobe / MARGIN.
+Defaults (default_nlist, default_nprobe, MARGIN) were chosen with bench/embedding_search.py on
+sentence-embedding-like data with planted near-duplicates; recall against exact search and times
+are in BENCHMARKS.md ("Dedup: embedding near-duplicate search").
 
 Determinism: the k-means sample, its seed and the thread count (faiss.omp_get_max_threads) fix the
 centroids; assignment, probing and the float64 recheck are deterministic, and the output is sorted.
@@ -111,7 +111,7 @@ def _matches(queries: np.ndarray, members: np.ndarray, threshold: float, skip: n
         cols.append(c)
         sims.append(s)
     if not rows:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        return _empty()
     return np.concatenate(rows), np.concatenate(cols), np.concatenate(sims)
 
 
