@@ -5,7 +5,7 @@
    (kind "vectors": persona_id, rank, float16 vector; float16 halves the hub's index and moves
    cosines by < 1e-3; the search reads the stored values, so a rerun decides identically).
 2. select (one task): near-duplicate pairs by tasks/vector_search.near_pairs (exact below a size,
-   faiss IVF above, recall >= 0.99), resolved by dedup_keep.select exactly as MinHash's are; the
+   k-means inverted lists above, recall >= 0.99), resolved by dedup_keep.select exactly as MinHash's are; the
    removed personas are written with the kept persona and their cosine (kind "removed").
 Then dedup_apply drops them from each shard.
 
@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks import dedup_keep, minhash, vector_search
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.dedup_minhash import TIER_BIT, removed_table, unique
-from personahub.tasks.llm_gateway import LLMGateway
+from personahub.tasks.llm_gateway import LLMGateway, l2_normalise
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.store import Store
 
@@ -47,9 +47,7 @@ def to_float32(column: pa.Array | pa.ChunkedArray, dim: int) -> np.ndarray:
     if len(arr) == 0:
         return np.zeros((0, dim), np.float32)
     raw = np.frombuffer(arr.buffers()[1], dtype=np.float16, count=len(arr) * dim, offset=arr.offset * 2 * dim)
-    vectors = raw.reshape(len(arr), dim).astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1.0)
+    return l2_normalise(raw.reshape(len(arr), dim).astype(np.float32))
 
 
 def embed_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, gateway: LLMGateway,
