@@ -1,6 +1,6 @@
 """Persona sets users already have (JSONL, JSON, Parquet) as persona shards for the dedup stages.
 
-One shard per file, streamed in batches. The persona text comes from a `persona` column, else
+One shard per file, streamed in batches (a .json array is parsed whole: use JSONL for big sets). The persona text comes from a `persona` column, else
 `text` (or the column named); a JSON array of strings counts as personas. The id comes from
 `persona_id` or `id` when present, else it is a hash of the text, so the same input always gives
 the same ids. Other columns are kept. Rows without usable text are quarantined with the reason.
@@ -116,8 +116,8 @@ def _parse(item: Any, text_column: str | None) -> tuple[str | None, str | None, 
     """(quarantine reason, offending value, text, id, other columns)."""
     if isinstance(item, _BadLine):
         return item.reason, item.value, "", None, {}
-    if isinstance(item, str):
-        item = {"persona": item}
+    if isinstance(item, str):  # a JSON array (or JSONL) of bare strings
+        item = {text_column or "persona": item}
     if not isinstance(item, dict):
         return "not_a_record", json.dumps(item)[:200], "", None, {}
     column = _text_column(item, text_column)
