@@ -3,8 +3,9 @@
 `LocalServer` owns what both embedded servers share: a free loopback port (retried when another
 process takes it first), a log file per start (old ones pruned), a readiness poll that fails fast
 with the log's tail when the process dies, and a stop that runs also at interpreter exit and when
-the object is dropped. A subclass says what to run (`launch`) and how to read the ready answer
-(`on_ready`).
+the object is dropped. A subclass says what to run (`launch`), how to read the ready answer
+(`on_ready`), and whether a process killed by a signal before it was ready is worth one more try
+with other options (`on_killed`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ PORT_ATTEMPTS = 3
 
 class PortTaken(Exception):
     """The server lost the race for its port; `LocalServer.start` retries on another."""
+
+
+class ServerKilled(Exception):
+    """The server process died from a signal (SIGSEGV, SIGILL, ...) before it was ready."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+def signal_name(returncode: int) -> str:
+    """'SIGSEGV' for a Popen return code of -11 (a negative code is the signal that killed it)."""
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return f"signal {-returncode}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,17 +99,20 @@ def prune_logs(log_dir: Path, prefix: str, keep: int = KEEP_SERVER_LOGS) -> None
 def wait_ready(process: subprocess.Popen[bytes], log_path: Path, url: str, timeout_s: float, what: str,
                error: type[Exception], port_pattern: str, ready: Callable[[httpx.Response], None]) -> None:
     """Poll `url` until `ready(response)` accepts a 200 answer; fail fast with the log tail if the
-    process dies (as PortTaken when its log matches `port_pattern`, so the caller can retry on
-    another port), or after timeout_s."""
+    process dies (as ServerKilled when a signal killed it, as PortTaken when its log matches
+    `port_pattern`, so the caller can retry), or after timeout_s."""
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0, trust_env=False) as client:  # loopback: never via a proxy
         while True:
             code = process.poll()
             if code is not None:
                 text = tail(log_path)
+                found = f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}"
+                if code < 0:
+                    name = signal_name(code)
+                    raise ServerKilled(f"{what} was killed by {name} before becoming ready; {found}", name)
                 cls = PortTaken if re.search(port_pattern, text, re.I) else error
-                raise cls(f"{what} exited with code {code} before becoming ready; "
-                          f"log: {log_path}\n--- last {LOG_TAIL_LINES} lines ---\n{text}")
+                raise cls(f"{what} exited with code {code} before becoming ready; {found}")
             try:
                 response = client.get(url)
                 if response.status_code == 200:
@@ -149,6 +169,11 @@ class LocalServer:
     def ready_message(self) -> str:
         return f"{self.what} ready at {self.base_url} in {self.startup_s:.1f}s; log: {self.log_path}"
 
+    def on_killed(self, exc: ServerKilled) -> None:
+        """The process died from a signal before it was ready. Raise, or change what `launch` will
+        run and return to have `start` try once more."""
+        raise self.error(str(exc)) from None
+
     # --- the shared lifecycle
     @property
     def base_url(self) -> str:
@@ -174,19 +199,23 @@ class LocalServer:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             prune_logs(self.log_dir, self.log_prefix)
             started = time.monotonic()
-            last_error: PortTaken | None = None
-            for _attempt in range(PORT_ATTEMPTS):  # a fresh port per try: another process may grab ours first
+            lost_races = 0
+            while True:  # a fresh port per try: another process may grab ours first
                 port = free_port(self.host)
                 cmd, env = self.launch(port)
                 try:
                     self._spawn_and_wait(cmd, env, port)
                 except PortTaken as exc:
-                    last_error = exc
+                    lost_races += 1
+                    if lost_races >= PORT_ATTEMPTS:
+                        raise self.error(f"no free port after {PORT_ATTEMPTS} tries: {exc}") from None
+                    continue
+                except ServerKilled as exc:
+                    self.on_killed(exc)  # raises, or the next launch runs something else
                     continue
                 self.startup_s = round(time.monotonic() - started, 2)
                 self._log(self.ready_message())
                 return self
-            raise self.error(f"no free port after {PORT_ATTEMPTS} tries: {last_error}")
 
     def _spawn_and_wait(self, cmd: list[str], env: dict[str, str], port: int) -> None:
         self.log_path = self.log_dir / f"{self.log_prefix}{time.strftime('%Y%m%d-%H%M%S')}-{port}.log"

@@ -71,3 +71,36 @@ def test_old_logs_are_pruned(tmp_path: Path) -> None:
     (tmp_path / "other-0.log").write_text("x")
     prune_logs(tmp_path, "tiny-", keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other-0.log", "tiny-3.log", "tiny-4.log"]
+
+
+class CrashingServer(TinyServer):
+    """Kills itself with SIGSEGV the first `crashes` starts; its on_killed retries only when told to."""
+
+    def __init__(self, log_dir: Path, crashes: int, retry: bool) -> None:
+        super().__init__(log_dir, lose_races=0)
+        self.crashes = crashes
+        self.retry = retry
+        self.killed: list[str] = []
+
+    def launch(self, port: int) -> tuple[list[str], dict[str, str]]:
+        self.launches += 1
+        if self.launches <= self.crashes:
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], {}
+        return [sys.executable, "-c", READY_SERVER, str(port)], {}
+
+    def on_killed(self, exc) -> None:
+        self.killed.append(exc.signal_name)
+        if not self.retry:
+            super().on_killed(exc)
+
+
+def test_a_server_killed_by_a_signal_is_the_servers_own_error_by_default(tmp_path: Path) -> None:
+    server = CrashingServer(tmp_path, crashes=1, retry=False)
+    with pytest.raises(TinyError, match=r"tiny server was killed by SIGSEGV before becoming ready; log: "):
+        server.start()
+    assert server.killed == ["SIGSEGV"] and server.launches == 1 and not server.running
+
+
+def test_on_killed_that_returns_gets_another_start(tmp_path: Path) -> None:
+    with CrashingServer(tmp_path, crashes=2, retry=True) as server:
+        assert server.killed == ["SIGSEGV", "SIGSEGV"] and server.launches == 3 and server.model == "tiny"
