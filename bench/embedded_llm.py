@@ -6,6 +6,7 @@ per level; prints a Markdown table per workload:
 - decode: a short prompt answered with max_tokens 128 (generation-bound).
 
     .venv/bin/python bench/embedded_llm.py [--levels 1 4 8] [--docs 36] [--workloads t2p decode]
+                                           [--binary PATH]   # another llama-server build (default: ours)
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import asyncio
 import os
 import platform
 import time
+from pathlib import Path
 
 from personahub.flows.build_hub import demo_corpus
-from personahub.tasks.crawl import expand_sources, normalise_text, read_records
+from personahub.tasks.crawl import expand_sources, read_records
+from personahub.tasks.crawl.clean import normalise_text
 from personahub.tasks.llama_server import EmbeddedLLMServer
 from personahub.tasks.llm_gateway import ChatRequest, LLMGateway
 from personahub.tasks.prompt_templates import load_template
@@ -62,18 +65,20 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8], help="concurrency levels")
     parser.add_argument("--docs", type=int, default=36, help="requests per level")
     parser.add_argument("--workloads", nargs="+", default=["t2p", "decode"], choices=["t2p", "decode"])
+    parser.add_argument("--binary", type=Path, help="llama-server to measure (default: the one a run would use)")
     args = parser.parse_args()
 
     settings = load_settings(embedded_parallel=max(args.levels))
-    print(f"embedded model, llama-server -np {settings.embedded_parallel}, {os.cpu_count()} cores "
-          f"({platform.processor() or platform.machine()}), {args.docs} requests per level, fresh server per level")
+    print(f"embedded model, llama-server {args.binary or '(default)'} -np {settings.embedded_parallel}, "
+          f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), {args.docs} requests per level, "
+          "fresh server per level")
     for workload in args.workloads:
         requests = workload_requests(workload, args.docs)
         rows = []
         for level in args.levels:
             # A fresh server per level: llama-server's prompt cache would otherwise serve the repeated
             # prompts of later levels and flatter them.
-            with EmbeddedLLMServer(settings, log=lambda *_: None) as server:
+            with EmbeddedLLMServer(settings, binary=args.binary, log=lambda *_: None) as server:
                 rows.append(asyncio.run(measure(server.base_url, server.model, requests, level)))
         print(f"\n{workload}:\n")
         print("| concurrency | requests | failed | seconds | completion tok/s | prompt tok/s | requests/s |")
