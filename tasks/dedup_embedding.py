@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks import dedup_keep, minhash, vector_search
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.dedup_minhash import TIER_BIT, removed_table, unique
+from personahub.tasks.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm_gateway import LLMGateway, l2_normalise
 from personahub.tasks.run_context import RunContext
 from personahub.tasks.store import Store
@@ -153,7 +154,8 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Vecto
     return {"counts": counts.__dict__, **extra}
 
 
-@task(name="embed", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+@task(name="embed", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_endpoint_down)
 def embed_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str,
                llm: dict[str, Any]) -> dict[str, Any]:
     gateway = LLMGateway.for_worker(llm, ctx.store)

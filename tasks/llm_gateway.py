@@ -4,7 +4,9 @@ It owns, in one place, what each stage would otherwise get subtly wrong:
 
 * bounded concurrency (an asyncio.Semaphore per event loop),
 * retries with jittered exponential backoff on 429 (honouring Retry-After), 5xx, timeouts and
-  connection errors; every other error is final and reported in the result, never raised,
+  connection resets; every other error is final and reported in the result, never raised,
+* a circuit breaker (tasks/endpoint_breaker.py): an endpoint that refuses connections, the key or
+  the model, or fails `max_consecutive_failures` calls in a row, raises EndpointDown at once,
 * a content-addressed response cache under the store (model + messages + params + template
   version + schema → raw response), so a rerun never pays for the same call twice,
 * token accounting (`Usage`) so each stage can report what it spent,
@@ -39,6 +41,7 @@ import openai
 from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from personahub.tasks.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm_json import parse_json_lenient
 from personahub.tasks.store import Store
 
@@ -334,6 +337,14 @@ def _is_schema_rejection(exc: BaseException) -> bool:
     return any(word in text for word in ("response_format", "response format", "json_schema", "schema", "grammar"))
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception of a (nested) exception group: the one a TaskGroup's caller should see."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 Purpose = Literal["chat", "embeddings"]
 
 
@@ -389,6 +400,7 @@ class LLMGateway:
         max_retries: int = 6,
         structured_output: bool = True,
         cache_prefix: str = "cache/llm",
+        max_consecutive_failures: int = 10,
     ):
         if not base_url:
             raise ValueError("LLMGateway needs a base_url (…/v1)")
@@ -404,6 +416,7 @@ class LLMGateway:
         self.structured_output = bool(structured_output)
         self.cache_prefix = cache_prefix.strip("/")
         self.usage = Usage()
+        self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
         # Kept private and out of repr(); only the SDK client sees it (as the Authorization header).
         self.__api_key = api_key or PLACEHOLDER_API_KEY
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -434,6 +447,7 @@ class LLMGateway:
             timeout_s=settings.llm_timeout_s,
             max_retries=settings.llm_max_retries,
             structured_output=settings.llm_structured_output,
+            max_consecutive_failures=settings.llm_max_consecutive_failures,
         )
 
     @classmethod
@@ -455,6 +469,7 @@ class LLMGateway:
             timeout_s=settings.llm_timeout_s,
             max_retries=settings.llm_max_retries,
             structured_output=settings.llm_structured_output,
+            max_consecutive_failures=settings.llm_max_consecutive_failures,
         )
 
     def __repr__(self) -> str:
@@ -538,8 +553,11 @@ class LLMGateway:
                 state.next_action.sleep if state.next_action else 0.0,
             )
 
+        def retryable(exc: BaseException) -> bool:
+            return _is_retryable(exc) and fatal_reason(exc) is None and self.breaker.tripped is None
+
         return AsyncRetrying(
-            retry=retry_if_exception(_is_retryable),
+            retry=retry_if_exception(retryable),
             wait=_wait,
             stop=stop_after_attempt(self.max_retries + 1),
             before_sleep=before_sleep,
@@ -591,9 +609,14 @@ class LLMGateway:
             try:
                 async for attempt in self._retrying():
                     with attempt:
+                        self.breaker.check()
                         page = await state.client.models.list()
-            except Exception as exc:  # noqa: BLE001
-                raise LLMError(f"could not list models: {self._describe(exc)}") from None
+            except EndpointDown:
+                raise
+            except Exception as exc:  # noqa: BLE001 - without a model name no call can be made
+                description = self._describe(exc)
+                self.breaker.failed(exc, description)  # raises for a dead endpoint
+                raise EndpointDown(f"could not list the models of {self.endpoint}: {description}") from None
             ids = [m.id for m in page.data if getattr(m, "id", None)]
             if not ids:
                 raise LLMError(f"{self.endpoint} lists no models; set llm_model")
@@ -602,7 +625,8 @@ class LLMGateway:
 
     async def chat(self, req: ChatRequest) -> ChatResult:
         """One chat completion: from the cache when this exact call was answered before, else from
-        the endpoint. Never raises for an API failure: the result carries `error`."""
+        the endpoint. An API failure is a result carrying `error`; only a dead endpoint raises
+        (EndpointDown, from the circuit breaker)."""
         state = await self._loop_state()
         try:
             model = await self.model_name()
@@ -645,16 +669,19 @@ class LLMGateway:
     async def _call(self, state: _LoopState, model: str, key: str, req: ChatRequest) -> ChatResult:
         """Ask the endpoint (bounded by the semaphore, with retries) and cache the raw answer."""
         async with state.semaphore:
+            self.breaker.check()
             self._count(calls=1)
             try:
                 completion = await self._complete(state.client, model, req)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, EndpointDown):
                 raise
             except Exception as exc:  # noqa: BLE001 - one failing request must not sink a batch
                 self._count(failures=1)
                 error = self._describe(exc)
+                self.breaker.failed(exc, error)  # raises EndpointDown when the endpoint is dead
                 log.warning("LLM call for %s failed: %s", req.template, error)
                 return ChatResult(key, None, None, None, error, model, None, 0, 0, False)
+        self.breaker.succeeded()
 
         choice = completion.choices[0] if completion.choices else None
         text = choice.message.content if choice is not None and choice.message is not None else None
@@ -682,8 +709,14 @@ class LLMGateway:
         return self._result(req, key, model, entry, cached=False)
 
     async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
-        """Results in the order of `reqs`; at most max_concurrency in flight; a failure is a result."""
-        return list(await asyncio.gather(*(self.chat(req) for req in reqs)))
+        """Results in the order of `reqs`; at most max_concurrency in flight; a failure is a result.
+        A dead endpoint raises EndpointDown and cancels the calls still waiting."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(self.chat(req)) for req in reqs]
+        except BaseExceptionGroup as failed:
+            raise _first_leaf(failed) from None
+        return [call.result() for call in calls]
 
     # --- embeddings -----------------------------------------------------------------------------
     def embed_many(self, texts: Sequence[str], *, model: str, batch_size: int = 256) -> EmbeddingResult:
@@ -731,8 +764,8 @@ class LLMGateway:
         errors: list[str] = []
         for key, answer in zip(first, answers):
             if isinstance(answer, BaseException):
-                if not isinstance(answer, Exception):
-                    raise answer  # cancellation, KeyboardInterrupt: not an endpoint failure
+                if not isinstance(answer, Exception) or isinstance(answer, EndpointDown):
+                    raise answer  # cancellation, KeyboardInterrupt, a dead endpoint: not one batch's failure
                 errors.append(str(answer))
             else:
                 by_key[key] = answer
@@ -759,17 +792,20 @@ class LLMGateway:
                 return vectors
 
         async with state.semaphore:
+            self.breaker.check()
             self._count(usage, calls=1)
             try:
                 response = await self._embed_with_retries(state.client, model, batch, usage)
                 vectors = self._response_vectors(response, len(batch))
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, EndpointDown):
                 raise
             except Exception as exc:  # noqa: BLE001 - reported (scrubbed) with the other batches' failures
                 self._count(usage, failures=1)
                 error = str(exc) if isinstance(exc, _BadEmbeddingResponse) else self._describe(exc)
+                self.breaker.failed(exc, error)  # raises EndpointDown when the endpoint is dead
                 log.warning("embedding call (%d texts) failed: %s", len(batch), error)
                 raise LLMError(error) from None
+        self.breaker.succeeded()
 
         prompt_tokens = int(getattr(getattr(response, "usage", None), "prompt_tokens", 0) or 0)
         self._count(usage, prompt_tokens=prompt_tokens)
@@ -789,6 +825,7 @@ class LLMGateway:
     async def _embed_with_retries(self, client: AsyncOpenAI, model: str, batch: list[str], usage: Usage) -> Any:
         async for attempt in self._retrying(usage):
             with attempt:
+                self.breaker.check()  # another call may have found the endpoint dead while we waited
                 async with asyncio.timeout(2 * self.timeout_s + 5):
                     # base64 float32: a quarter of the JSON of float lists, and exact.
                     return await client.embeddings.create(model=model, input=batch, encoding_format="base64")
@@ -839,6 +876,7 @@ class LLMGateway:
     async def _create_with_retries(self, client: AsyncOpenAI, model: str, messages: list, kwargs: dict) -> Any:
         async for attempt in self._retrying():
             with attempt:
+                self.breaker.check()  # another call may have found the endpoint dead while we waited
                 # The SDK's timeout bounds each connect/read; this bounds the whole attempt, so a
                 # server trickling bytes cannot hold a slot forever.
                 async with asyncio.timeout(2 * self.timeout_s + 5):

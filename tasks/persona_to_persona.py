@@ -37,6 +37,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm_gateway import ChatRequest, ChatResult, LLMGateway
 from personahub.tasks.llm_json import parse_json_lenient
 from personahub.tasks.persona_filters import PersonaFilterOptions, check_persona
@@ -379,7 +380,8 @@ def stage_name(hop: int) -> str:
     return f"persona_to_persona_h{hop}"
 
 
-@task(name="persona-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(name="persona-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_endpoint_down)
 async def persona_to_persona_task(
     ctx: RunContext, params: dict[str, Any], shard_id: str, frontier_file: str, llm: dict[str, Any]
 ) -> dict[str, Any]:

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     llm_max_concurrency: int = Field(8, ge=1, description="Requests in flight at once per worker")
     llm_timeout_s: float = Field(600.0, gt=0, description="Per-request timeout (queueing on a busy self-hosted server counts)")
     llm_max_retries: int = Field(6, ge=0, description="Retries on 429/5xx/timeouts/connection errors")
+    llm_max_consecutive_failures: int = Field(
+        10, ge=1, description="Calls in a row that still fail after their retries before the run stops "
+        "(a refused connection, key or model stops it at once)")
     llm_structured_output: bool = Field(True, description="Ask for JSON-schema output where the endpoint supports it")
 
     # Embeddings (the embedding dedup stage). No base URL means: start the embedded all-MiniLM-L6-v2

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm_gateway import ChatRequest, ChatResult, LLMGateway
 from personahub.tasks.persona_filters import (
     DEFAULT_OPTIONS,
@@ -209,7 +210,8 @@ async def text_to_persona_shard(
     return {"shard_id": shard_id, "counts": counts.__dict__, "usage": usage, "reasons": reasons}
 
 
-@task(name="text-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(name="text-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_endpoint_down)
 async def text_to_persona_task(
     ctx: RunContext, params: dict[str, Any], shard_id: str, docs_file: str, llm: dict[str, Any]
 ) -> dict[str, Any]:

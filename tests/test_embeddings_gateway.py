@@ -12,6 +12,7 @@ import pytest
 
 from fake_openai import FAKE_EMBEDDING_DIM, FakeOpenAIServer, FakeReply, fake_embedding
 from personahub.tasks.embedding_server import EMBEDDING_MODEL_ALIAS, EmbeddedEmbeddingError, EmbeddingEndpoint
+from personahub.tasks.endpoint_breaker import EndpointDown
 from personahub.tasks.llm_gateway import LLMError, LLMGateway, embedding_cache_key
 from personahub.tasks.settings import Settings
 from personahub.tasks.store import Store
@@ -157,9 +158,9 @@ def test_concurrency_is_bounded(server):
 def test_api_key_never_leaks(server, store, caplog, key):
     server.reset(api_key="the-right-key")  # our key is refused: 401, final
     gw = gateway(server, store, api_key=key)
-    with caplog.at_level(logging.DEBUG), pytest.raises(LLMError) as info:
+    with caplog.at_level(logging.DEBUG), pytest.raises(EndpointDown) as info:
         gw.embed_many(["x"], model=MODEL)
-    assert "401" in str(info.value)
+    assert "refused the API key: HTTP 401" in str(info.value)
     assert key not in str(info.value) and key not in caplog.text and key not in repr(gw)
     server.reset(api_key=key)
     assert gateway(server, store, api_key=key).embed_many(["x"], model=MODEL).vectors.shape == (1, 384)
@@ -217,7 +218,7 @@ def test_gateway_from_settings_and_worker_for_embeddings(server, store, monkeypa
         config = endpoint.worker_config()
     assert config == {"base_url": server.base_url, "model": MODEL, "purpose": "embeddings", "concurrency": 2}
     assert LLMGateway.for_worker(config, store).embed_many(["y"], model=MODEL).vectors.shape == (1, 384)
-    with pytest.raises(LLMError, match="401"):  # the chat key is not the embeddings key here
+    with pytest.raises(EndpointDown, match="401"):  # the chat key is not the embeddings key here
         LLMGateway.for_worker({**config, "purpose": "chat"}, store).embed_many(["z"], model=MODEL)
 
 

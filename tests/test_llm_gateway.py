@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAIServer, FakeReply
+from personahub.tasks.endpoint_breaker import EndpointDown
 from personahub.tasks.llm_gateway import (
     ChatRequest,
     LLMGateway,
@@ -174,14 +175,14 @@ def test_timeout_is_retried_then_reported(server):
     assert server.calls == 2 and gw.usage.retries == 1 and gw.usage.failures == 1
 
 
-def test_connection_error_is_retried_then_reported():
+def test_a_refused_connection_is_not_retried_it_ends_the_call():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # free once closed: nothing listens there
-    gw = LLMGateway(base_url=f"http://127.0.0.1:{port}/v1", model="m", store=None, max_retries=1, timeout_s=2)
-    result = run(gw.chat(request()))
-    assert result.error.startswith(f"connection error to http://127.0.0.1:{port}/v1")
-    assert gw.usage.retries == 1 and gw.usage.failures == 1
+    gw = LLMGateway(base_url=f"http://127.0.0.1:{port}/v1", model="m", store=None, max_retries=6, timeout_s=2)
+    with pytest.raises(EndpointDown, match=rf"^the endpoint http://127.0.0.1:{port}/v1 is unreachable .*ConnectError"):
+        run(gw.chat(request()))
+    assert gw.usage.retries == 0 and gw.usage.failures == 1 and gw.usage.calls == 1
 
 
 # --- concurrency --------------------------------------------------------------------------------
@@ -292,10 +293,14 @@ def test_api_key_never_leaks(server, tmp_path, caplog, key):
     with caplog.at_level(logging.DEBUG):
         srv.enqueue(FakeReply.error(401, f"Incorrect API key provided: {key}. Header was Bearer {key}"))
         gw = LLMGateway(base_url=srv.base_url, model=None, store=store, api_key=key, max_retries=1)
-        failed = run(gw.chat(request("first")))
-        ok = run(gw.chat(request("second", json_schema=SCHEMA)))  # the server checks the key: it was sent
-    assert failed.error.startswith(f"HTTP 401 from {srv.base_url}: Incorrect API key provided")
-    assert key not in failed.error and srv.calls == 2 and gw.usage.retries == 0
+        with pytest.raises(EndpointDown) as failed:  # a refused key ends the run: no call can succeed
+            run(gw.chat(request("first")))
+        again = LLMGateway(base_url=srv.base_url, model=None, store=store, api_key=key, max_retries=1)
+        ok = run(again.chat(request("second", json_schema=SCHEMA)))  # the server checks the key: it was sent
+    message = str(failed.value)
+    assert message.startswith(f"the endpoint {srv.base_url} refused the API key: HTTP 401 from {srv.base_url}: "
+                              "Incorrect API key provided")
+    assert key not in message and srv.calls == 2 and gw.usage.retries == 0
     assert ok.ok
     assert key not in repr(gw) and key not in json.dumps(gw.usage.as_dict())
     assert key not in caplog.text
