@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,6 +32,59 @@ app.add_typer(llm_app, name="llm")
 app.add_typer(hub_app, name="hub")
 
 StoreOpt = typer.Option(None, "--store", help="Store URL: a directory or s3://bucket/prefix (default: settings.store)")
+
+EPHEMERAL_FLUSH_S = 2.0
+RESUME_HINT = ("Nothing is lost: rerun the same command once the endpoint answers; finished shards and every "
+               "answer already received are reused.")
+
+
+def _is_endpoint_down(exc: BaseException | None) -> bool:
+    from personahub.tasks.endpoint_breaker import EndpointDown
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, EndpointDown):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _NoEndpointTraceback(logging.Filter):
+    """Console logs keep the one line of an EndpointDown, not the traceback Prefect adds to it
+    (the Prefect server's log, which the UI shows, keeps it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _is_endpoint_down(record.exc_info[1]):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def endpoint_errors(command: str) -> Iterator[None]:
+    """Run a flow; a dead LLM or embeddings endpoint ends it with one line and exit code 1."""
+    quiet = _NoEndpointTraceback()
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+                                       if name.startswith("prefect")]
+    consoles = {id(h): h for lg in loggers for h in lg.handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)}
+    for handler in consoles.values():
+        handler.addFilter(quiet)
+    try:
+        yield
+    except Exception as exc:
+        if not _is_endpoint_down(exc):
+            raise
+        typer.echo(f"personahub {command}: {exc}\n{RESUME_HINT}", err=True)
+        if not os.environ.get("PREFECT_API_URL"):
+            # Prefect's temporary server stops at exit; stopped while it records the failed runs
+            # (a second or so after them), it prints a traceback of its own.
+            time.sleep(EPHEMERAL_FLUSH_S)
+        raise typer.Exit(1) from None
+    finally:
+        for handler in consoles.values():
+            handler.removeFilter(quiet)
 
 
 @app.command()
@@ -72,7 +128,8 @@ def build(
     fields["graph"] = {"hops": hops, "k": k, "max_new_per_hop": max_new_per_hop}
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
-    summary = build_hub(params)
+    with endpoint_errors("build"):
+        summary = build_hub(params)
     elapsed = time.monotonic() - started
 
     _print_stages(summary["stages"])
@@ -161,7 +218,8 @@ def dedup(
                              minhash={"threshold": jaccard}, embedding={"enabled": embeddings, "threshold": cosine},
                              embedding_base_url=embedding_base_url, embedding_model=embedding_model)
     started = time.monotonic()
-    summary = dedup_flow(params)
+    with endpoint_errors("dedup"):
+        summary = dedup_flow(params)
     _print_stages(summary["stages"])
     for stage in summary["stages"]:
         if stage["stage"] in ("minhash", "embedding_dedup"):
