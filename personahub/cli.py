@@ -38,16 +38,20 @@ RESUME_HINT = ("Nothing is lost: rerun the same command once the endpoint answer
                "answer already received are reused.")
 
 
-def _is_endpoint_down(exc: BaseException | None) -> bool:
+def _endpoint_failure(exc: BaseException | None) -> BaseException | None:
+    """The dead endpoint, or the embedded server that could not start (its message says what to
+    try), in exc's chain; None when exc is something else."""
+    from personahub.tasks.embedding_server import EmbeddedEmbeddingError
     from personahub.tasks.endpoint_breaker import EndpointDown
+    from personahub.tasks.llama_server import EmbeddedLLMError
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
-        if isinstance(exc, EndpointDown):
-            return True
+        if isinstance(exc, (EndpointDown, EmbeddedLLMError, EmbeddedEmbeddingError)):
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 class _NoEndpointTraceback(logging.Filter):
@@ -55,7 +59,7 @@ class _NoEndpointTraceback(logging.Filter):
     (the Prefect server's log, which the UI shows, keeps it)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and _is_endpoint_down(record.exc_info[1]):
+        if record.exc_info and _endpoint_failure(record.exc_info[1]) is not None:
             record.exc_info = None
             record.exc_text = None
         return True
@@ -63,7 +67,8 @@ class _NoEndpointTraceback(logging.Filter):
 
 @contextlib.contextmanager
 def endpoint_errors(command: str) -> Iterator[None]:
-    """Run a flow; a dead LLM or embeddings endpoint ends it with one line and exit code 1."""
+    """Run a flow; a dead LLM or embeddings endpoint, or an embedded server that cannot start,
+    ends it with its message and exit code 1, no traceback."""
     quiet = _NoEndpointTraceback()
     loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
                                        if name.startswith("prefect")]
@@ -74,9 +79,10 @@ def endpoint_errors(command: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not _is_endpoint_down(exc):
+        failure = _endpoint_failure(exc)
+        if failure is None:
             raise
-        typer.echo(f"personahub {command}: {exc}\n{RESUME_HINT}", err=True)
+        typer.echo(f"personahub {command}: {failure}\n{RESUME_HINT}", err=True)
         if not os.environ.get("PREFECT_API_URL"):
             # Prefect's temporary server stops at exit; stopped while it records the failed runs
             # (a second or so after them), it prints a traceback of its own.

@@ -134,3 +134,23 @@ def test_the_cli_says_it_in_one_line_without_a_traceback(server, tmp_path: Path)
     assert "rerun the same command once the endpoint answers" in output
     assert "Encountered exception during execution: EndpointDown" in output, "Prefect's own line stays"
     assert "Traceback" not in output and "File \"" not in output, output
+
+
+@pytest.mark.parametrize("error", ["EndpointDown", "EmbeddedLLMError"])
+def test_endpoint_errors_turn_a_dead_endpoint_or_server_into_exit_code_1(error: str, capsys) -> None:
+    import typer
+
+    from personahub.cli import endpoint_errors
+    from personahub.tasks import llama_server
+
+    cls = EndpointDown if error == "EndpointDown" else llama_server.EmbeddedLLMError
+    with pytest.raises(typer.Exit) as info, endpoint_errors("build"):
+        try:
+            raise cls("embedded LLM server was killed by SIGSEGV, also with the safe options")
+        except cls as exc:
+            raise RuntimeError("wrapped by a flow") from exc  # found through the chain too
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("personahub build: embedded LLM server was killed by SIGSEGV, also with the safe options\n")
+    with pytest.raises(ValueError), endpoint_errors("build"):
+        raise ValueError("a bug is not an endpoint failure: it keeps its traceback")
