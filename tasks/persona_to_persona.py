@@ -75,7 +75,6 @@ QUARANTINE_SCHEMA = pa.schema(
 
 # Reasons of rows that are filtered (counted, not quarantined); every other reason is quarantine.
 FILTERED_REASONS = frozenset({"beyond_k", "duplicate_in_response"})
-RESPONSE_REASONS = frozenset({"llm_error", "unparseable", "truncated", "no_personas"})
 
 UNSPECIFIED = "unspecified"
 MAX_RELATION_CHARS = 40

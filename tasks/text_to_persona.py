@@ -58,11 +58,6 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 
-# The persona text filters (tasks.persona_filters) hold the bounds; these names stay for callers.
-MIN_PERSONA_CHARS = DEFAULT_OPTIONS.min_chars
-MAX_PERSONA_CHARS = DEFAULT_OPTIONS.max_chars
-
-
 def persona_id_for(text: str) -> str:
     """Stable id of a persona's text: case and spacing do not make a new persona."""
     return hashlib.sha256(normalise_persona(text).lower().encode("utf-8")).hexdigest()[:20]

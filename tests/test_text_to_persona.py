@@ -14,10 +14,10 @@ import pytest
 from fake_openai import FakeOpenAIServer, FakeReply
 from personahub.tasks.checkpoint import StageCheckpoint
 from personahub.tasks.llm_gateway import ChatResult, LLMGateway
+from personahub.tasks.persona_filters import DEFAULT_OPTIONS
 from personahub.tasks.prompt_templates import load_template
 from personahub.tasks.store import Store
 from personahub.tasks.text_to_persona import (
-    MAX_PERSONA_CHARS,
     build_request,
     normalise_persona,
     persona_id_for,
@@ -97,7 +97,7 @@ def test_validate_ok_normalises() -> None:
     persona, reason = validate_persona(result({"persona": f'  "{GOOD}\n  in the Pacific."  '}), "unrelated text")
     assert reason is None
     assert persona == f"{GOOD} in the Pacific."
-    assert len(persona) <= MAX_PERSONA_CHARS
+    assert len(persona) <= DEFAULT_OPTIONS.max_chars
     assert normalise_persona(persona) == persona
 
 

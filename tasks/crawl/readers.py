@@ -133,11 +133,6 @@ class _ShortReads(io.RawIOBase):
 
 
 # --- plain text and HTML files -------------------------------------------------------------------
-def decode_text(raw: bytes) -> str:
-    """Text of a plain-text file: UTF-8, else the detected legacy encoding; ValueError for binary content."""
-    return decode_bytes(raw)[0]
-
-
 def _read_capped(url: str, options: ReaderOptions) -> bytes | Record:
     """The whole file, or the Record that quarantines it (unreadable, or over max_record_bytes)."""
     try:
