@@ -302,7 +302,7 @@ import json, os, sys, time
 started = time.monotonic()
 from personahub.flows.crawl import CrawlFlowParams, crawl
 if os.environ.get("BENCH_PARTITION_BATCH_ROWS"):  # what-if only: partition_shard's batch_rows default
-    from personahub.tasks import dedup_exact
+    from personahub.tasks.dedup import exact as dedup_exact
     dedup_exact.partition_shard.__defaults__ = (int(os.environ["BENCH_PARTITION_BATCH_ROWS"]),)
 imported = time.monotonic()
 params = CrawlFlowParams(**json.loads(sys.argv[1]))

@@ -104,7 +104,8 @@ def shard_files(data: Path) -> list[Path]:
 # --- truth -------------------------------------------------------------------------------------
 def truth_pairs(data: Path, limit: int | None) -> np.ndarray:
     """Packed (a << 32 | b) pairs at Jaccard >= 0.9 among the first `limit` rows."""
-    from personahub.tasks import dedup_minhash, minhash
+    from personahub.tasks.dedup import minhash_stage as dedup_minhash
+    from personahub.tasks.dedup import minhash
 
     texts = _texts(data, limit)
     banding = minhash.Banding(21, 6)
@@ -133,9 +134,12 @@ def _texts(data: Path, limit: int | None) -> list[str]:
 
 # --- ours --------------------------------------------------------------------------------------
 def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
-    from personahub.tasks import dedup_apply, dedup_keep, dedup_minhash, minhash
-    from personahub.tasks.checkpoint import StageCheckpoint
-    from personahub.tasks.store import Store
+    from personahub.tasks.dedup import apply as dedup_apply
+    from personahub.tasks.dedup import keep as dedup_keep
+    from personahub.tasks.dedup import minhash_stage as dedup_minhash
+    from personahub.tasks.dedup import minhash
+    from personahub.tasks.core.checkpoint import StageCheckpoint
+    from personahub.tasks.core.store import Store
 
     store = Store(str(data.parent))  # the inputs are store-relative, as in a flow
     shutil.rmtree(data.parent / "runs" / work.name, ignore_errors=True)
@@ -193,7 +197,9 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
 def run_datasketch(data: Path, limit: int, work: Path) -> dict:
     from datasketch import MinHash, MinHashLSH
 
-    from personahub.tasks import dedup_minhash, minhash
+    from personahub.tasks.dedup import minhash_stage as dedup_minhash
+
+    from personahub.tasks.dedup import minhash
 
     texts = _texts(data, limit)
     started = time.perf_counter()
@@ -229,7 +235,7 @@ def recall(found_file: str, truth: np.ndarray) -> tuple[float, float]:
     Group recall: true pairs whose two personas end in one group of verified pairs, i.e. the dedup
     sees them as duplicates; ours pairs a big bucket's members with its first member and a window
     (not all n^2 pairs), so for large groups of copies only the second measure is meaningful."""
-    from personahub.tasks import dedup_keep
+    from personahub.tasks.dedup import keep as dedup_keep
 
     found = np.load(found_file)  # pairs outside the truth's rows simply do not match
     if not len(truth):

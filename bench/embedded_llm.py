@@ -21,11 +21,11 @@ from pathlib import Path
 from personahub.flows.build_hub import demo_corpus
 from personahub.tasks.crawl import expand_sources, read_records
 from personahub.tasks.crawl.clean import normalise_text
-from personahub.tasks.llama_server import EmbeddedLLMServer
-from personahub.tasks.llm_gateway import ChatRequest, LLMGateway
-from personahub.tasks.prompt_templates import load_template
-from personahub.tasks.settings import load_settings
-from personahub.tasks.text_to_persona import build_request
+from personahub.tasks.serving.llama_server import EmbeddedLLMServer
+from personahub.tasks.llm.gateway import ChatRequest, LLMGateway
+from personahub.tasks.llm.templates import load_template
+from personahub.tasks.core.settings import load_settings
+from personahub.tasks.personas.text_to_persona import build_request
 
 
 async def measure(base_url: str, model: str, requests: list, concurrency: int) -> dict[str, float]:

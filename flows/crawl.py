@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.stage_runner import TASK_WORKERS, run_exact_dedup, run_stage, stage_report, stages_markdown
 from personahub.tasks import crawl as crawl_stage
-from personahub.tasks.checkpoint import params_hash
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.settings import load_settings
+from personahub.tasks.core.checkpoint import params_hash
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.settings import load_settings
 
 
 class CrawlFlowParams(BaseModel):

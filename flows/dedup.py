@@ -16,10 +16,11 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.stage_runner import TASK_WORKERS, run_stage, stage_report, stages_markdown
-from personahub.tasks import persona_input, publish
-from personahub.tasks.checkpoint import params_hash
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.settings import load_settings
+from personahub.tasks.personas import input_files as persona_input
+from personahub.tasks.hub import publish
+from personahub.tasks.core.checkpoint import params_hash
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.settings import load_settings
 
 
 class DedupFlowParams(BaseModel):

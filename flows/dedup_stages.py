@@ -1,8 +1,8 @@
 """The two dedup stages as checkpointed sub-stages, shared by build-hub and the `dedup` flow.
 
-MinHash (tasks/dedup_minhash.py): minhash_sketch (per shard) → minhash_pairs (per band partition)
+MinHash (tasks/dedup/minhash_stage.py): minhash_sketch (per shard) → minhash_pairs (per band partition)
 → minhash_select (one task) → minhash (per shard: the kept rows).
-Embeddings (tasks/dedup_embedding.py): embed (per shard) → embedding_select → embedding_dedup.
+Embeddings (tasks/dedup/embedding_stage.py): embed (per shard) → embedding_select → embedding_dedup.
 
 Each sub-stage has its own manifest, so a killed run resumes at the sub-stage and shard it stopped
 in. With a hub index (the previous hub version's stored sketches, band files and vectors), new
@@ -18,9 +18,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from personahub.flows.stage_runner import manifest_digest, run_stage, stage_report
-from personahub.tasks import dedup_apply, dedup_embedding, dedup_minhash, hub_index, minhash, publish
-from personahub.tasks.llm_gateway import LLMGateway
-from personahub.tasks.run_context import RunContext
+from personahub.tasks.dedup import apply as dedup_apply
+from personahub.tasks.dedup import embedding_stage as dedup_embedding
+from personahub.tasks.dedup import minhash_stage as dedup_minhash
+from personahub.tasks.hub import index as hub_index
+from personahub.tasks.dedup import minhash
+from personahub.tasks.hub import publish
+from personahub.tasks.llm.gateway import LLMGateway
+from personahub.tasks.core.run_context import RunContext
 
 
 class MinHashParams(BaseModel):
@@ -234,7 +239,7 @@ def dedup_stages(ctx: RunContext, settings: Any, upstream: dict[str, Any], minha
     kept, reports, mh_index = minhash_stages(ctx, upstream, minhash_params, hub)
     index: dict[str, Any] = {"minhash": mh_index}
     if embedding_params.enabled:
-        from personahub.tasks.embedding_server import EmbeddingEndpoint  # torch loads only when the stage runs
+        from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when the stage runs
 
         with EmbeddingEndpoint(settings) as endpoint:
             kept, more, emb_index = embedding_stages(ctx, kept, embedding_params, endpoint, settings, hub)

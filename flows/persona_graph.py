@@ -13,9 +13,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from personahub.flows.stage_runner import manifest_digest, run_stage, stage_report
-from personahub.tasks import persona_frontier, persona_to_persona
-from personahub.tasks.prompt_templates import load_template
-from personahub.tasks.run_context import RunContext
+from personahub.tasks.personas import frontier as persona_frontier
+from personahub.tasks.personas import persona_to_persona
+from personahub.tasks.llm.templates import load_template
+from personahub.tasks.core.run_context import RunContext
 
 
 class GraphParams(BaseModel):

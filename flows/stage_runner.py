@@ -12,9 +12,9 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from personahub.tasks import dedup_exact
-from personahub.tasks.checkpoint import StageCheckpoint, params_hash
-from personahub.tasks.run_context import RunContext
+from personahub.tasks.dedup import exact as dedup_exact
+from personahub.tasks.core.checkpoint import StageCheckpoint, params_hash
+from personahub.tasks.core.run_context import RunContext
 
 # Tasks in flight per flow process. Shard tasks are CPU-bound on this project's reference machine (2
 # cores); more threads add memory (one batch each), not speed: 4 → 2 cut the crawl's peak RSS from

@@ -41,9 +41,9 @@ RESUME_HINT = ("Nothing is lost: rerun the same command once the endpoint answer
 def _endpoint_failure(exc: BaseException | None) -> BaseException | None:
     """The dead endpoint, or the embedded server that could not start (its message says what to
     try), in exc's chain; None when exc is something else."""
-    from personahub.tasks.embedding_server import EmbeddedEmbeddingError
-    from personahub.tasks.endpoint_breaker import EndpointDown
-    from personahub.tasks.llama_server import EmbeddedLLMError
+    from personahub.tasks.serving.embedding_server import EmbeddedEmbeddingError
+    from personahub.tasks.llm.endpoint_breaker import EndpointDown
+    from personahub.tasks.serving.llama_server import EmbeddedLLMError
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -118,9 +118,9 @@ def build(
     every LLM response already paid for comes from the cache.
     """
     from personahub.flows.build_hub import BuildHubParams, build_hub
-    from personahub.tasks.publish import sample_personas
-    from personahub.tasks.run_context import RunContext
-    from personahub.tasks.settings import load_settings
+    from personahub.tasks.hub.publish import sample_personas
+    from personahub.tasks.core.run_context import RunContext
+    from personahub.tasks.core.settings import load_settings
 
     fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
                               "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id,
@@ -242,7 +242,7 @@ def dedup(
 @app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of aligned text")) -> None:
     """Show the settings in force (environment, config file, defaults), secrets masked."""
-    from personahub.tasks.settings import config_file, load_settings
+    from personahub.tasks.core.settings import config_file, load_settings
 
     shown = load_settings().masked()
     if as_json:
@@ -272,9 +272,9 @@ def llm_build(
     `export PERSONAHUB_LLAMA_SERVER=/path/to/llama-server` (nothing is built). Skip the embedded
     model altogether: set PERSONAHUB_LLM_BASE_URL to an OpenAI-compatible endpoint.
     """
-    from personahub.tasks.llama_server import (WHAT_TO_TRY, EmbeddedLLMError, build_llama_server, gguf_model_path,
+    from personahub.tasks.serving.llama_server import (WHAT_TO_TRY, EmbeddedLLMError, build_llama_server, gguf_model_path,
                                                llama_server_binary, smoke_test)
-    from personahub.tasks.settings import load_settings
+    from personahub.tasks.core.settings import load_settings
 
     settings = load_settings()
     try:
@@ -300,8 +300,8 @@ def llm_build(
 @llm_app.command("serve")
 def llm_serve() -> None:
     """Run the embedded model server in the foreground and print its base URL (Ctrl-C stops it)."""
-    from personahub.tasks.llama_server import EmbeddedLLMServer
-    from personahub.tasks.settings import load_settings
+    from personahub.tasks.serving.llama_server import EmbeddedLLMServer
+    from personahub.tasks.core.settings import load_settings
 
     with EmbeddedLLMServer(load_settings()) as server:
         typer.echo(f"OpenAI-compatible endpoint: {server.base_url}  model: {server.model}")
@@ -320,9 +320,9 @@ def hub_show(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Print a hub version's manifest summary and its first personas."""
-    from personahub.tasks.publish import hub_prefix, hub_versions, latest_manifest, sample_personas
-    from personahub.tasks.store import Store
-    from personahub.tasks.settings import load_settings
+    from personahub.tasks.hub.publish import hub_prefix, hub_versions, latest_manifest, sample_personas
+    from personahub.tasks.core.store import Store
+    from personahub.tasks.core.settings import load_settings
 
     settings = load_settings(store=store)
     st = Store.from_settings(settings)
@@ -353,9 +353,9 @@ def personas_show(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Print a persona and its chain back to the document it came from."""
-    from personahub.tasks.publish import find_document, hub_prefix, latest_manifest, persona_chain
-    from personahub.tasks.settings import load_settings
-    from personahub.tasks.store import Store
+    from personahub.tasks.hub.publish import find_document, hub_prefix, latest_manifest, persona_chain
+    from personahub.tasks.core.settings import load_settings
+    from personahub.tasks.core.store import Store
 
     st = Store.from_settings(load_settings(store=store))
     manifest = (latest_manifest(st, hub) if version is None

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 S3_BUCKET = "personahub-test"
 
@@ -95,8 +95,8 @@ def embedded_model() -> tuple:
     Skipped where they are absent on a developer's machine; under CI (CI set) a missing piece is a
     failure, because scripts/setup.sh must have installed both and a skip would hide that.
     """
-    from personahub.tasks import llama_server as ls
-    from personahub.tasks.settings import Settings
+    from personahub.tasks.serving import llama_server as ls
+    from personahub.tasks.core.settings import Settings
 
     binary = ls.llama_server_binary(Settings())
     try:

@@ -20,7 +20,7 @@ from personahub.flows.build_hub import BuildHubParams, build_hub
 from personahub.flows.persona_graph import GraphParams
 
 ONE_HOP0 = {"relations": ["read"], "graph": GraphParams(hops=0)}  # Text-to-Persona only, one call a document
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 

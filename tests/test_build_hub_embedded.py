@@ -8,7 +8,7 @@ import pytest
 
 from personahub.flows.build_hub import BuildHubParams, build_hub
 from personahub.flows.persona_graph import GraphParams
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 DOCS = {
     "nurse.txt": "Fever in toddlers: give fluids, check the temperature every four hours, and call the ward if it stays above 39 C.",

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
-from personahub.tasks.checkpoint import (
+from personahub.tasks.core.checkpoint import (
     CountsMismatch,
     ShardCounts,
     StageCheckpoint,
@@ -15,7 +15,7 @@ from personahub.tasks.checkpoint import (
     params_hash,
     read_stage_manifest,
 )
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 PARAMS = {"min_chars": 200, "langs": ["en", "fr"], "model": "m1"}
 SHARDS = [f"{i:05d}" for i in range(4)]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from personahub.tasks.checkpoint import StageCheckpoint
+from personahub.tasks.core.checkpoint import StageCheckpoint
 from personahub.tasks.crawl import CrawlParams, crawl_shard, doc_id_for, expand_sources, plan_shards
 from personahub.tasks.crawl.clean import normalise_text
 from personahub.tasks.crawl.readers import ReaderOptions, read_records
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 SHARED_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from personahub.tasks.core.langid import LANGID_PREFIX_CHARS, detect_language
 from personahub.tasks.crawl.clean import (
-    LANGID_PREFIX_CHARS,
     CleanOptions,
     Cleaned,
     clean_document,
-    detect_language,
     normalise_text,
     strip_boilerplate_lines,
     strip_gutenberg,

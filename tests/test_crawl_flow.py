@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from personahub.flows.crawl import CrawlFlowParams, crawl
 from personahub.tasks.crawl import CrawlParams
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 SHARED = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -8,8 +8,8 @@ import random
 import pyarrow as pa
 import pytest
 
-from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.dedup_exact import (
+from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.dedup.exact import (
     SPECS,
     bucket_count,
     bucket_name,
@@ -18,8 +18,8 @@ from personahub.tasks.dedup_exact import (
     files_by_bucket,
     partition_shard,
 )
-from personahub.tasks.store import Store
-from personahub.tasks.text_to_persona import PERSONA_SCHEMA, persona_id_for
+from personahub.tasks.core.store import Store
+from personahub.tasks.personas.text_to_persona import PERSONA_SCHEMA, persona_id_for
 
 N_BUCKETS = 4
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from personahub.cli import app
 from personahub.flows.dedup import DedupFlowParams, dedup
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 BASE = [
     "A retired marine biologist who volunteers at the coastal aquarium and writes about coral reef restoration",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from personahub.tasks import dedup_keep
+from personahub.tasks.dedup import keep as dedup_keep
 
 
 def test_a_group_of_copies_keeps_its_lowest_ranked_member() -> None:

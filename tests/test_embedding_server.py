@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personahub.tasks import embedding_server as es
-from personahub.tasks.llm_gateway import LLMGateway
-from personahub.tasks.settings import Settings
-from personahub.tasks.store import Store
+from personahub.tasks.serving import embedding_server as es
+from personahub.tasks.llm.gateway import LLMGateway
+from personahub.tasks.core.settings import Settings
+from personahub.tasks.core.store import Store
 
 # --- the HTTP API on a stub model ---------------------------------------------------------------
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from fake_openai import FAKE_EMBEDDING_DIM, FakeOpenAIServer, FakeReply, fake_embedding
-from personahub.tasks.embedding_server import EMBEDDING_MODEL_ALIAS, EmbeddedEmbeddingError, EmbeddingEndpoint
-from personahub.tasks.endpoint_breaker import EndpointDown
-from personahub.tasks.llm_gateway import LLMError, LLMGateway, embedding_cache_key
-from personahub.tasks.settings import Settings
-from personahub.tasks.store import Store
+from personahub.tasks.serving.embedding_server import EMBEDDING_MODEL_ALIAS, EmbeddedEmbeddingError, EmbeddingEndpoint
+from personahub.tasks.llm.endpoint_breaker import EndpointDown
+from personahub.tasks.llm.gateway import LLMError, LLMGateway, embedding_cache_key
+from personahub.tasks.core.settings import Settings
+from personahub.tasks.core.store import Store
 
 SECRET = "sk-test-SuperSecretKey1234567890"
 MODEL = "fake-embedder"
@@ -230,8 +230,8 @@ def test_endpoint_is_lazy_and_checks_the_model(monkeypatch):
         self.port = 4321
         return self
 
-    monkeypatch.setattr("personahub.tasks.embedding_server.EmbeddedEmbeddingServer.start", start)
-    monkeypatch.setattr("personahub.tasks.embedding_server.EmbeddedEmbeddingServer.stop", lambda self: stopped.append(self))
+    monkeypatch.setattr("personahub.tasks.serving.embedding_server.EmbeddedEmbeddingServer.start", start)
+    monkeypatch.setattr("personahub.tasks.serving.embedding_server.EmbeddedEmbeddingServer.stop", lambda self: stopped.append(self))
     with EmbeddingEndpoint(Settings()) as endpoint:
         assert endpoint.embedded and endpoint.model == EMBEDDING_MODEL_ALIAS and not started
     assert not started and not stopped  # never used: never started

@@ -14,8 +14,8 @@ import pytest
 from prefect.states import Failed
 
 from fake_openai import FakeReply
-from personahub.tasks.endpoint_breaker import EndpointDown, retry_unless_endpoint_down
-from personahub.tasks.llm_gateway import ChatRequest, LLMGateway
+from personahub.tasks.llm.endpoint_breaker import EndpointDown, retry_unless_endpoint_down
+from personahub.tasks.llm.gateway import ChatRequest, LLMGateway
 
 
 def run(coro, timeout: float = 30.0):
@@ -98,7 +98,7 @@ def write_corpus(root: Path, n: int) -> Path:
 def test_a_build_against_a_dead_endpoint_stops_at_once_and_resumes_when_it_is_back(server, tmp_path: Path) -> None:
     from personahub.flows.build_hub import BuildHubParams, build_hub
     from personahub.flows.persona_graph import GraphParams
-    from personahub.tasks.store import Store
+    from personahub.tasks.core.store import Store
 
     corpus = write_corpus(tmp_path / "corpus", 3)
     common = dict(corpus=[str(corpus)], store=str(tmp_path / "store"), run_id="dead-then-back", llm_model="m",
@@ -141,7 +141,7 @@ def test_endpoint_errors_turn_a_dead_endpoint_or_server_into_exit_code_1(error: 
     import typer
 
     from personahub.cli import endpoint_errors
-    from personahub.tasks import llama_server
+    from personahub.tasks.serving import llama_server
 
     cls = EndpointDown if error == "EndpointDown" else llama_server.EmbeddedLLMError
     with pytest.raises(typer.Exit) as info, endpoint_errors("build"):

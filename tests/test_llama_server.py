@@ -26,9 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from personahub.tasks import llama_server as ls
-from personahub.tasks.local_server import port_is_open, stop_process
-from personahub.tasks.settings import Settings
+from personahub.tasks.serving import llama_server as ls
+from personahub.tasks.serving.local_server import port_is_open, stop_process
+from personahub.tasks.core.settings import Settings
 
 FAKE_SERVER = textwrap.dedent(
     """\

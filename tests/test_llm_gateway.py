@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 
 from fake_openai import FakeOpenAIServer, FakeReply
-from personahub.tasks.endpoint_breaker import EndpointDown
-from personahub.tasks.llm_gateway import (
+from personahub.tasks.llm.endpoint_breaker import EndpointDown
+from personahub.tasks.llm.gateway import (
     ChatRequest,
     LLMGateway,
     Usage,
     cache_key,
 )
-from personahub.tasks.llm_json import parse_json_lenient
-from personahub.tasks.settings import Settings
-from personahub.tasks.store import Store
+from personahub.tasks.llm.json_parsing import parse_json_lenient
+from personahub.tasks.core.settings import Settings
+from personahub.tasks.core.store import Store
 
 SCHEMA = {"type": "object", "properties": {"persona": {"type": "string"}}, "required": ["persona"]}
 SECRET = "sk-test-SuperSecretKey1234567890"

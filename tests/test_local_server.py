@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from personahub.tasks.local_server import LocalServer, port_is_open, prune_logs
-from personahub.tasks.settings import Settings
+from personahub.tasks.serving.local_server import LocalServer, port_is_open, prune_logs
+from personahub.tasks.core.settings import Settings
 
 READY_SERVER = """
 import http.server, json, sys

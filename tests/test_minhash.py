@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from datasketch import MinHash
 
-from personahub.tasks import minhash
+from personahub.tasks.dedup import minhash
 
 
 def _datasketch(words: set[str]) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_rank_keys_order_tier_then_hop_then_id_hash() -> None:
 
 
 def test_node_index_maps_pairs_to_their_sorted_distinct_nodes() -> None:
-    from personahub.tasks.dedup_minhash import node_index
+    from personahub.tasks.dedup.minhash_stage import node_index
 
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 1000, 5000), rng.integers(0, 1000, 5000)
@@ -87,7 +87,7 @@ def test_node_index_maps_pairs_to_their_sorted_distinct_nodes() -> None:
 
 
 def test_jaccard_on_several_threads_equals_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    from personahub.tasks import dedup_minhash
+    from personahub.tasks.dedup import minhash_stage as dedup_minhash
 
     monkeypatch.setattr(dedup_minhash, "JACCARD_CHUNK", 1000)
     rng = np.random.default_rng(1)

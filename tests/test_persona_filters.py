@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from personahub.tasks.persona_filters import (
+from personahub.tasks.personas.filters import (
     REASONS,
     SKIPPABLE,
     PersonaFilterOptions,

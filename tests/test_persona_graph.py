@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from personahub.flows.build_hub import BuildHubParams, build_hub
 from personahub.flows.persona_graph import GraphParams
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 LONG = " The volunteers met at the harbour office and planned the spring survey of the salt marsh."
 

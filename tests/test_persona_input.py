@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.persona_input import persona_id_of, read_persona_shard
-from personahub.tasks.store import Store
+from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.personas.input_files import persona_id_of, read_persona_shard
+from personahub.tasks.core.store import Store
 
 
 def read(tmp_path: Path, source: Path, text_column: str | None = None) -> tuple[list[dict], list[dict], dict]:

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from fake_openai import FakeOpenAIServer, FakeReply
-from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.llm_gateway import ChatResult, LLMGateway
-from personahub.tasks.persona_to_persona import (
+from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.llm.gateway import ChatResult, LLMGateway
+from personahub.tasks.personas.persona_to_persona import (
     EDGE_SCHEMA,
     NODE_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -25,11 +25,11 @@ from personahub.tasks.persona_to_persona import (
     persona_to_persona_shard,
     persona_to_persona_task,
 )
-from personahub.tasks.persona_filters import PersonaFilterOptions
-from personahub.tasks.prompt_templates import load_template
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store
-from personahub.tasks.text_to_persona import PERSONA_SCHEMA, normalise_persona, persona_id_for
+from personahub.tasks.personas.filters import PersonaFilterOptions
+from personahub.tasks.llm.templates import load_template
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.store import Store
+from personahub.tasks.personas.text_to_persona import PERSONA_SCHEMA, normalise_persona, persona_id_for
 
 TEMPLATE = load_template("persona_to_persona")
 SAMPLING = {"temperature": 0.8, "max_tokens": 256}

@@ -7,7 +7,7 @@ from importlib import resources
 import jinja2
 import pytest
 
-from personahub.tasks.prompt_templates import load_template, parse_template
+from personahub.tasks.llm.templates import load_template, parse_template
 
 
 def shipped_bytes() -> bytes:

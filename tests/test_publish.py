@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from personahub.tasks.publish import (
+from personahub.tasks.hub.publish import (
     HUB_COLUMNS,
     hub_prefix,
     hub_versions,
@@ -14,8 +14,8 @@ from personahub.tasks.publish import (
     publish_hub,
     sample_personas,
 )
-from personahub.tasks.store import Store
-from personahub.tasks.text_to_persona import PERSONA_SCHEMA, persona_id_for
+from personahub.tasks.core.store import Store
+from personahub.tasks.personas.text_to_persona import PERSONA_SCHEMA, persona_id_for
 
 
 def write_shards(store: Store, run: str, sizes: list[int]) -> list[str]:

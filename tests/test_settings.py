@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from personahub.tasks.settings import Settings, config_file, load_settings
+from personahub.tasks.core.settings import Settings, config_file, load_settings
 
 SECRET = "sk-secret-123"
 

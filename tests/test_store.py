@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from personahub.tasks import store as store_module
-from personahub.tasks.store import Store
+from personahub.tasks.core import store as store_module
+from personahub.tasks.core.store import Store
 
 
 def _table(n: int = 5) -> pa.Table:

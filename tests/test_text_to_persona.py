@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 
 from fake_openai import FakeOpenAIServer, FakeReply
-from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.llm_gateway import ChatResult, LLMGateway
-from personahub.tasks.persona_filters import DEFAULT_OPTIONS
-from personahub.tasks.prompt_templates import load_template
-from personahub.tasks.store import Store
-from personahub.tasks.text_to_persona import (
+from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.llm.gateway import ChatResult, LLMGateway
+from personahub.tasks.personas.filters import DEFAULT_OPTIONS
+from personahub.tasks.llm.templates import load_template
+from personahub.tasks.core.store import Store
+from personahub.tasks.personas.text_to_persona import (
     build_request,
     normalise_persona,
     persona_id_for,
@@ -50,7 +50,7 @@ def result(
         (result(None, text='{"persona": "A nurse who', parse_error="cut", finish="length"), "truncated"),
         (result({"persona": "A ... who ... who is likely to read this text"}), "placeholder"),
         (result({"persona": "A {persona} who is likely to read this text"}), "placeholder"),
-        # The persona text filters (tasks.persona_filters.check_persona), one per kind of junk:
+        # The persona text filters (tasks/personas/filters.check_persona), one per kind of junk:
         (result({"persona": "I'm sorry, but I can't infer a persona from this text."}), "refusal"),
         (result({"persona": "Dr. Elizabeth Anne Montgomery"}), "name_only"),
         (result({"persona": "This article discusses how coral reefs bleach."}), "summary"),
@@ -64,7 +64,7 @@ def test_validate_rejections(res: ChatResult, reason: str) -> None:
 
 
 def test_validate_rejects_copies_of_the_demonstration() -> None:
-    from personahub.tasks.text_to_persona import example_personas
+    from personahub.tasks.personas.text_to_persona import example_personas
 
     copies = example_personas(load_template("text_to_persona"))
     assert copies, "the shipped template has a demonstration to guard against"
@@ -84,7 +84,7 @@ def test_validate_echo_of_source_text() -> None:
 
 
 def test_validate_passes_filter_options() -> None:
-    from personahub.tasks.persona_filters import PersonaFilterOptions
+    from personahub.tasks.personas.filters import PersonaFilterOptions
 
     spanish = "Un biólogo marino que estudia los arrecifes de coral"
     assert validate_persona(result({"persona": spanish}), "text") == (spanish, None)  # any language by default

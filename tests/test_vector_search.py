@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from personahub.tasks.vector_search import near_pairs
+from personahub.tasks.dedup.vector_search import near_pairs
 
 
 def planted(n: int, d: int = 64, copies: int = 200, seed: int = 0) -> tuple[np.ndarray, set[tuple[int, int]]]:

@@ -27,10 +27,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.sampling import seeded_keys
 from personahub.tasks.crawl.clean import CleanOptions, clean_document
 from personahub.tasks.crawl.readers import Record, ReaderOptions, read_records, supported_suffixes
-from personahub.tasks.run_context import RunContext
+from personahub.tasks.core.run_context import RunContext
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -181,13 +182,8 @@ def _records(url: str, params: CrawlParams) -> Iterator[Record]:
 
 # --- pass 2: sampling before the cross-crawl dedup ------------------------------------------------
 def sample_keys(doc_ids: list[str], seed: int) -> np.ndarray:
-    """A seeded pseudo-random 64-bit key per document, from its id alone (no state, any order).
-
-    doc_id is a sha256 prefix, so XOR with a seed-derived constant is again uniform and gives each
-    seed a different ordering; the max_docs smallest keys are the sample.
-    """
-    mix = int.from_bytes(hashlib.sha256(f"personahub-sample-{seed}".encode()).digest()[:8], "big")
-    return np.fromiter((int(d[:16], 16) ^ mix for d in doc_ids), dtype=np.uint64, count=len(doc_ids))
+    """A seeded key per document (tasks/core/sampling.py); the max_docs smallest are the sample."""
+    return seeded_keys(doc_ids, f"personahub-sample-{seed}")
 
 
 def sample_threshold(doc_ids: list[str], seed: int, max_docs: int) -> int | None:

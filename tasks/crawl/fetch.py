@@ -47,7 +47,6 @@ Reason codes (Record.error → quarantined; Record.skip → filtered and counted
 
 from __future__ import annotations
 
-import email.utils
 import http.cookiejar
 import logging
 import math
@@ -65,8 +64,9 @@ import fsspec
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from personahub.tasks.core.http import parse_retry_after, redact_url
 from personahub.tasks.crawl.html import UndecodableError, decode_bytes, extract_html
-from personahub.tasks.crawl.readers import ReaderOptions, Record
+from personahub.tasks.crawl.records import ReaderOptions, Record
 
 log = logging.getLogger(__name__)
 
@@ -142,17 +142,6 @@ def _timeouts(options: FetchOptions) -> httpx.Timeout:
     return httpx.Timeout(read, connect=connect, pool=connect)
 
 
-def _redact(url: str) -> str:
-    """The URL without any `user:pass@` part, for records and logs."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{netloc}{slash}{tail}"
-
-
 def check_url(url: str) -> tuple[httpx.URL | None, str | None]:
     """(parsed URL without fragment, None) or (None, "invalid_url: …")."""
     if len(url) > MAX_URL_CHARS:
@@ -175,22 +164,6 @@ def check_url(url: str) -> tuple[httpx.URL | None, str | None]:
 def _host_key(url: httpx.URL) -> tuple[str, int]:
     """The rate-limit key: host and port (the scheme's default port when none is given)."""
     return url.host, url.port or (443 if url.scheme == "https" else 80)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def parse_crawl_delay(lines: Sequence[str], user_agent: str) -> float | None:
@@ -552,7 +525,7 @@ def _join(base: httpx.URL, location: str) -> tuple[httpx.URL | None, str]:
         return None, f"an unparsable URL ({str(exc)[:80]})"
     nxt, problem = check_url(str(target))
     if nxt is None:
-        return None, f"{_redact(str(target))[:200]} ({problem.removeprefix('invalid_url: ') if problem else ''})"
+        return None, f"{redact_url(str(target))[:200]} ({problem.removeprefix('invalid_url: ') if problem else ''})"
     return nxt, ""
 
 
@@ -603,7 +576,7 @@ def _fetch_items(items: Iterable[tuple[int, str]], options: FetchOptions, source
 
     def admit(pos: int, record_no: int, raw: str) -> None:
         parsed, problem = check_url(raw)
-        shown = _redact(raw)
+        shown = redact_url(raw)
         immediate: Record | None = None
         if parsed is None:
             immediate = Record(source, record_no, None, url=shown, error=problem)

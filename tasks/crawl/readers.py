@@ -49,38 +49,18 @@ import json
 import math
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
 
+from personahub.tasks.crawl.fetch import read_url_list  # a file of http(s) URLs, fetched politely
 from personahub.tasks.crawl.html import (
     UndecodableError,
     charset_from_content_type,
     decode_bytes,
     extract_html,
 )
-
-
-@dataclass(frozen=True)
-class ReaderOptions:
-    text_field: str = "text"  # JSONL / Parquet column holding the text
-    max_record_bytes: int = 10_000_000  # a larger record is quarantined ("over_cap"), never loaded whole
-
-
-@dataclass(frozen=True)
-class Record:
-    source: str  # the file (or URL list) it came from
-    record: int  # offset of the record in its source: line, row or WARC record number; -1 = whole file
-    text: str | None  # the document's text, before clean-up; None with error or skip
-    source_id: str | None = None  # the record's own id (RedPajama/FineWeb/Dolma "id", WARC-Record-ID)
-    title: str | None = None
-    url: str | None = None  # the document's own URL (WARC-Target-URI, a JSONL "url", a fetched URL)
-    metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able fields kept from the record
-    fetched_at: str | None = None  # WARC-Date or HTTP fetch time; None = crawl time
-    error: str | None = None  # quarantine reason: "<code>: <detail>"
-    skip: str | None = None  # filter reason: "<code>[: <detail>]"
-
+from personahub.tasks.crawl.records import ReaderOptions, Record
 
 MAX_METADATA_VALUE_CHARS = 2000  # a longer metadata value (as JSON) is dropped, its name kept in "_dropped"
 NESTED_METADATA_KEYS = ("metadata", "meta")  # Dolma "metadata", RedPajama / Pile "meta": merged into metadata
@@ -412,13 +392,6 @@ def read_warc(url: str, options: ReaderOptions) -> Iterator[Record]:
 Reader = Callable[[str, ReaderOptions], Iterator[Record]]
 
 # Suffix → reader; the first match wins, so compound suffixes (".jsonl.gz") come before short ones.
-def read_url_list(url: str, options: ReaderOptions) -> Iterator[Record]:
-    """A file of http(s) URLs, one per line, fetched politely (fetch.py)."""
-    from personahub.tasks.crawl.fetch import read_url_list as fetch_url_list  # late: fetch imports this module
-
-    return fetch_url_list(url, options)
-
-
 READERS: list[tuple[tuple[str, ...], Reader]] = [
     ((".urls", ".urls.txt"), read_url_list),  # before ".txt"
     # WAT files are WARCs of metadata records: read so they are accounted for, they yield no documents.

@@ -25,13 +25,17 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks import dedup_keep, minhash, vector_search
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.dedup_minhash import TIER_BIT, removed_table, unique
-from personahub.tasks.endpoint_breaker import retry_unless_endpoint_down
-from personahub.tasks.llm_gateway import LLMGateway, l2_normalise
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store
+from personahub.tasks.dedup import keep as dedup_keep
+
+from personahub.tasks.dedup import minhash
+
+from personahub.tasks.dedup import vector_search
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.dedup.minhash_stage import TIER_BIT, removed_table, unique
+from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
+from personahub.tasks.llm.gateway import LLMGateway, l2_normalise
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.store import Store
 
 EMBED_BATCH_ROWS = 4_096
 QUERY_CHUNK_ROWS = 65_536

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 HUB_COLUMNS = ["persona_id", "persona", "hop", "origin", "parent_id", "relation", "doc_id", "source", "model",
                "template", "params"]
@@ -77,7 +77,7 @@ def publish_hub(
     With `previous` (the version this run was deduplicated against), the new version holds the
     previous version's personas and edges too, by reference (parts are immutable), so a refresh
     adds to the hub instead of replacing it. `index(prefix, previous_index)` writes the version's
-    dedup index (tasks/hub_index.py) and returns its manifest entry.
+    dedup index (tasks/hub/index.py) and returns its manifest entry.
     """
     version = next_version(store, hub)
     prefix = f"{hub_prefix(hub)}/{version}"

@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     llm_structured_output: bool = Field(True, description="Ask for JSON-schema output where the endpoint supports it")
 
     # Embeddings (the embedding dedup stage). No base URL means: start the embedded all-MiniLM-L6-v2
-    # server for the run (tasks/embedding_server.py).
+    # server for the run (tasks/serving/embedding_server.py).
     embedding_base_url: str | None = Field(
         None, description="OpenAI-compatible base URL (…/v1) for /v1/embeddings; unset = embedded all-MiniLM-L6-v2"
     )

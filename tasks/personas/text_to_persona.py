@@ -15,18 +15,18 @@ import pyarrow as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.endpoint_breaker import retry_unless_endpoint_down
-from personahub.tasks.llm_gateway import ChatRequest, ChatResult, LLMGateway
-from personahub.tasks.persona_filters import (
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
+from personahub.tasks.llm.gateway import ChatRequest, ChatResult, LLMGateway
+from personahub.tasks.personas.filters import (
     DEFAULT_OPTIONS,
     PersonaFilterOptions,
     check_persona,
     normalise_persona,
 )
-from personahub.tasks.prompt_templates import PromptTemplate, load_template
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store
+from personahub.tasks.llm.templates import PromptTemplate, load_template
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.store import Store
 
 PERSONA_SCHEMA = pa.schema(
     [

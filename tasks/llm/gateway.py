@@ -5,7 +5,7 @@ It owns, in one place, what each stage would otherwise get subtly wrong:
 * bounded concurrency (an asyncio.Semaphore per event loop),
 * retries with jittered exponential backoff on 429 (honouring Retry-After), 5xx, timeouts and
   connection resets; every other error is final and reported in the result, never raised,
-* a circuit breaker (tasks/endpoint_breaker.py): an endpoint that refuses connections, the key or
+* a circuit breaker (tasks/llm/endpoint_breaker.py): an endpoint that refuses connections, the key or
   the model, or fails `max_consecutive_failures` calls in a row, raises EndpointDown at once,
 * a content-addressed response cache under the store (model + messages + params + template
   version + schema → raw response), so a rerun never pays for the same call twice,
@@ -24,7 +24,6 @@ import asyncio
 import base64
 import concurrent.futures
 import copy
-import email.utils
 import hashlib
 import json
 import logging
@@ -34,16 +33,16 @@ import time
 import weakref
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import openai
 from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from personahub.tasks.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
-from personahub.tasks.llm_json import parse_json_lenient
-from personahub.tasks.store import Store
+from personahub.tasks.core.http import endpoint_label, retry_after_s
+from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
+from personahub.tasks.llm.json_parsing import parse_json_lenient
+from personahub.tasks.core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -244,18 +243,6 @@ class _BadEmbeddingResponse(ValueError):
 # --- errors and secrets -------------------------------------------------------------------------
 
 
-def _redact_url(url: str) -> str:
-    """The endpoint as shown in errors and logs: no user:password@, no query string."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
-    except ValueError:
-        return "<endpoint>"
-
-
 _SECRET_PATTERNS = (
     re.compile(r"(?i)bearer\s+\S+"),
     re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),  # OpenAI-style keys, also partly masked ones
@@ -263,29 +250,8 @@ _SECRET_PATTERNS = (
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
-    """Seconds the server asked us to wait (retry-after-ms, retry-after seconds or HTTP date)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    """Seconds the server asked us to wait, from the failed response's headers."""
+    return retry_after_s(getattr(getattr(exc, "response", None), "headers", None))
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -407,7 +373,7 @@ class LLMGateway:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
-        self.endpoint = _redact_url(self.base_url)
+        self.endpoint = endpoint_label(self.base_url)
         self.model = model or None
         self.store = store
         self.max_concurrency = int(max_concurrency)
@@ -456,7 +422,7 @@ class LLMGateway:
         for embeddings, purpose="embeddings") and this worker's own settings: the API key comes
         from the worker's environment, never from task parameters, so it is in no Prefect run
         record. An embeddings gateway takes embedding_api_key (which falls back to the LLM key)."""
-        from personahub.tasks.settings import load_settings
+        from personahub.tasks.core.settings import load_settings
 
         settings = load_settings()
         embeddings = _purpose(llm.get("purpose", "chat")) == "embeddings"

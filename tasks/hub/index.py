@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from personahub.tasks.dedup_apply import removed_rows
-from personahub.tasks.store import Store
+from personahub.tasks.dedup.apply import removed_rows
+from personahub.tasks.core.store import Store
 
 
 def _survivors(n: int, removed: np.ndarray) -> np.ndarray:

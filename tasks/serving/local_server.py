@@ -25,7 +25,7 @@ from typing import IO, Any, ClassVar
 
 import httpx
 
-from personahub.tasks.settings import Settings, load_settings
+from personahub.tasks.core.settings import Settings, load_settings
 
 Log = Callable[[str], Any]
 

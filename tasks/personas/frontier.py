@@ -7,22 +7,21 @@ seeded hash of their id (bottom-k), so a run's size is predictable and reruns ch
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.store import Store
+from personahub.tasks.core.sampling import seeded_keys
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.store import Store
 
 FRONTIER_COLUMNS = ["persona_id", "persona", "doc_id", "source", "hop"]
 
 
 def hop_key(persona_ids: list[str], seed: int, hop: int) -> np.ndarray:
-    """A seeded pseudo-random 64-bit key per persona (persona_id is a uniform hex hash)."""
-    mix = int.from_bytes(hashlib.sha256(f"personahub-frontier-{seed}-{hop}".encode()).digest()[:8], "big")
-    return np.fromiter((int(p[:16], 16) ^ mix for p in persona_ids), dtype=np.uint64, count=len(persona_ids))
+    """A seeded key per persona (tasks/core/sampling.py), different at each hop."""
+    return seeded_keys(persona_ids, f"personahub-frontier-{seed}-{hop}")
 
 
 def read_ids(store: Store, files: list[str]) -> set[str]:

@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from personahub.tasks.store import Store
+from personahub.tasks.core.store import Store
 
 MANIFEST = "manifest.json"
 DONE_DIR = "_done"

@@ -419,7 +419,7 @@ _ASCII_WORD = re.compile(r"[a-z]+")
 
 
 def _language(text: str) -> str:
-    """fastText's language (tasks.crawl.clean.detect_language), corrected for its two confusions on
+    """fastText's language (tasks/core/langid.detect_language), corrected for its two confusions on
     persona-sized text, measured on Persona Hub's 1,000 personas: English naming a fan or a team is
     taken for Frisian ("fan" is Frisian for "of"; 12 of 978 English personas), and Chinese with no
     common function characters for Hungarian. ASCII text with two English function words ("a"/"an"
@@ -450,7 +450,7 @@ def _is_english(text: str) -> bool:
 
 
 def _detect_language(text: str) -> tuple[str, float]:
-    from personahub.tasks.crawl.clean import detect_language  # fastText, loaded on first use
+    from personahub.tasks.core.langid import detect_language  # fastText, loaded on first use
 
     return detect_language(text)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping
 
-from personahub.tasks.checkpoint import StageCheckpoint
-from personahub.tasks.store import Store
+from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.core.store import Store
 
 
 @lru_cache(maxsize=8)

@@ -32,10 +32,12 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks import dedup_keep, minhash
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.run_context import RunContext
-from personahub.tasks.store import Store, incompressible
+from personahub.tasks.dedup import keep as dedup_keep
+
+from personahub.tasks.dedup import minhash
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.store import Store, incompressible
 
 # Band rows per partition (16 bytes each plus sort buffers): ~0.2 GB of arrays in the pairs step.
 BAND_ROWS_PER_PARTITION = 8_000_000

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.crawl import expand_sources, plan_shards
-from personahub.tasks.run_context import RunContext
+from personahub.tasks.core.run_context import RunContext
 
 BATCH_ROWS = 50_000
 TEXT_COLUMNS = ("persona", "text")

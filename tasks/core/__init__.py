@@ -1,0 +1,1 @@
+"""Store, checkpoints and manifests, settings, the run context."""

@@ -1,0 +1,1 @@
+"""Dedup stages: exact, MinHash, embeddings, vector search, keep-first selection, applying removals."""

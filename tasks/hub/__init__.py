@@ -1,0 +1,1 @@
+"""Publishing hub versions and their dedup index."""

@@ -1,0 +1,1 @@
+"""The LLM gateway, its circuit breaker, JSON parsing, prompt templates."""

@@ -1,0 +1,1 @@
+"""Persona stages: schema, filters, Text-to-Persona, Persona-to-Persona, frontier, input files."""

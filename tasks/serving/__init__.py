@@ -1,0 +1,1 @@
+"""The embedded servers: one process manager, llama-server, the embeddings server."""
