@@ -155,10 +155,10 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
         sketches = ck.finalize()
         timings["sketch_s"] = time.perf_counter() - started
         inputs, offset = [], 0
-        for s in sorted(sketches["shards"], key=lambda s: s["id"]):
-            bands = {int(k.removeprefix("bands_p")): p for k, p in s["files"].items() if k.startswith("bands_p")}
-            inputs.append(dedup_minhash.SketchInput(s["files"]["sketches"], bands, bits, offset, s["rows"]["sketches"], False))
-            offset += s["rows"]["sketches"]
+        for s in sorted(sketches.shards, key=lambda s: s.id):
+            bands = {int(k.removeprefix("bands_p")): p for k, p in s.files.items() if k.startswith("bands_p")}
+            inputs.append(dedup_minhash.SketchInput(s.files["sketches"], bands, bits, offset, s.rows_of("sketches"), False))
+            offset += s.rows_of("sketches")
         t = time.perf_counter()
         ckp = StageCheckpoint(store, work.name, "minhash_pairs", {})
         list(pool.map(lambda p: dedup_minhash.pairs_partition(ckp, store, p, bits, inputs), range(1 << bits)))
@@ -166,8 +166,8 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
         timings["pairs_s"] = time.perf_counter() - t
         t = time.perf_counter()
         cks = StageCheckpoint(store, work.name, "minhash_select", {})
-        result = dedup_minhash.select_all(cks, store, inputs, [s["files"]["pairs"] for s in pairs["shards"]], THRESHOLD)
-        removed_file = cks.finalize()["shards"][0]["files"]["removed"]
+        result = dedup_minhash.select_all(cks, store, inputs, [s.files["pairs"] for s in pairs.shards], THRESHOLD)
+        removed_file = cks.finalize().only_shard().file("removed")
         timings["select_s"] = time.perf_counter() - t
         t = time.perf_counter()
         cka = StageCheckpoint(store, work.name, "minhash", {})
@@ -176,7 +176,7 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
     elapsed = time.perf_counter() - started
     peak = peak_rss_mb()  # the stage's own; the recall bookkeeping below is not part of it
     # the verified pairs, for recall (outside the timing)
-    packed = dedup_minhash.read_pairs(store, [s["files"]["pairs"] for s in pairs["shards"]])
+    packed = dedup_minhash.read_pairs(store, [s.files["pairs"] for s in pairs.shards])
     a, b = (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
     nodes, ia, ib = dedup_minhash.node_index(a, b, n)
     nd = dedup_minhash.load_nodes(store, inputs, nodes)

@@ -10,7 +10,7 @@ quality filters), not this shape.
 from __future__ import annotations
 
 import contextlib
-import math
+from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -20,17 +20,21 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
-from personahub.flows.persona_graph import GraphParams, combined_manifest, data_files, persona_graph_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
-from personahub.flows.stage_runner import TASK_WORKERS, manifest_digest, run_stage, stage_report, stages_markdown
-from personahub.tasks.hub import publish
-from personahub.tasks.personas import text_to_persona
-from personahub.tasks.core.checkpoint import params_hash
-from personahub.tasks.crawl import CrawlParams
-from personahub.tasks.llm.gateway import LLMGateway, Usage
-from personahub.tasks.llm.templates import load_template
+from personahub.flows.persona_graph import GraphParams, persona_graph_stages
+from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.tasks.core.report import stages_markdown
+from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
+from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
+from personahub.tasks.crawl import CrawlParams
+from personahub.tasks.hub import publish
+from personahub.tasks.llm.gateway import LLMGateway, Usage
+from personahub.tasks.llm.stage import llm_shard_task
+from personahub.tasks.llm.templates import PromptTemplate, load_template
+from personahub.tasks.personas.persona_to_persona import PersonaToPersona
+from personahub.tasks.personas.text_to_persona import TextToPersona
 
 Relation = Literal["read", "write", "like", "dislike"]
 
@@ -63,7 +67,10 @@ class BuildHubParams(BaseModel):
     rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket of the crawl (bounds its memory)")
     minhash: MinHashParams = Field(default_factory=MinHashParams, description="MinHash dedup (Jaccard of word 1-grams)")
     embedding: EmbeddingParams = Field(default_factory=EmbeddingParams, description="Embedding dedup (cosine)")
-    llm_shard_parallelism: int = Field(2, ge=1, description="LLM shards in flight; requests split the concurrency between them")
+    llm_shard_docs: int = Field(2000, ge=1, description="Documents per Text-to-Persona shard (one task, one checkpoint "
+                                "entry; bounds its memory); a larger crawl bucket is cut into several")
+    llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight (the flow runs 4 "
+                                       "threads); they share one request bound (settings.llm_max_concurrency)")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
     llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
     llm_model: str | None = Field(None, description="Override the model name")
@@ -90,7 +97,7 @@ def resolve_model(settings: Settings) -> str:
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "llm_shard_docs", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -131,15 +138,10 @@ def filter_options(values: dict[str, Any]) -> dict[str, Any]:
     return PersonaFilterOptions.from_dict(dict(values)).as_dict()
 
 
-def hub_persona_ids(store: Any, hub: str, run_id: str) -> tuple[set[str], str | None]:
-    """Persona ids of the hub as this run found it (publish.base_version), and that version."""
-    base = publish.base_version(store, hub, run_id)
-    if base is None:
-        return set(), None
-    ids: set[str] = set()
-    for part in base["parts"]:
-        ids.update(store.read_parquet(part["file"], columns=["persona_id"]).column("persona_id").to_pylist())
-    return ids, base["version"]
+def llm_stage_params(template: PromptTemplate, sampling: dict[str, Any], model: str, filters: dict[str, Any]) -> dict[str, Any]:
+    """What every LLM stage's parameters hold: a change to any of them reruns the stage."""
+    return {"template": template.name, "template_ref": template.ref, "mode": template.mode, "sampling": sampling,
+            "model": model, "filters": filters}
 
 
 @flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
@@ -148,59 +150,57 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
                              embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     run_id = params.run_id or run_id_for(params)
-    ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
-    store = ctx.store
-    logger = get_run_logger()
-    logger.info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
-    stages: list[dict[str, Any]] = []
+    run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
+    store = run_ctx.store
+    get_run_logger().info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
+    base = HubBase.of(publish.base_version(store, params.hub, run_id))
+    filters = filter_options(params.filters)
+    model = resolve_model(settings)
+    reports: list[StageReport] = []
 
     # 1. crawl: input files → document shards, deduplicated across the crawl
-    docs_manifest, crawl_reports = crawl_stages(ctx, params.corpus, params.crawl, params.max_docs, params.seed,
-                                                params.rows_per_bucket)
-    stages.extend(crawl_reports)
+    docs, crawl_reports = crawl_stages(run_ctx, params.corpus, params.crawl, params.max_docs, params.seed,
+                                       params.rows_per_bucket)
+    reports.extend(crawl_reports)
 
-    # 2. Text-to-Persona: documents → personas (LLM)
-    template = load_template("text_to_persona")
-    sampling = dict(template.params)
-    sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
-    doc_files = {s["id"]: (s["files"]["data"],) for s in docs_manifest["shards"] if s["rows"].get("data", 0) > 0}
-    model = resolve_model(settings)
-    t2p_params = {"template": template.name, "template_ref": template.ref, "relations": list(params.relations),
-                  "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "sampling": sampling, "model": model,
-                  "filters": filter_options(params.filters), "input": manifest_digest(docs_manifest)}
     with LLMEndpoint(settings) as endpoint:
-        def llm(shards_in_stage: int) -> dict[str, Any]:
-            # Shards in flight share the request budget; a stage with fewer shards gives each more.
-            in_flight = max(1, min(params.llm_shard_parallelism, shards_in_stage))
-            concurrency = max(1, math.ceil(settings.llm_max_concurrency / in_flight))
-            return {"base_url": endpoint.base_url, "model": model, "concurrency": concurrency}
+        # Every LLM shard in flight shares the endpoint's one concurrency bound (the gateway's). The
+        # URL is asked for only when a shard runs: a rerun whose LLM stages are done starts no server.
+        llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
 
-        personas_manifest, ran, skipped = run_stage(
-            "text_to_persona", ctx.checkpoint("text_to_persona", t2p_params), doc_files,
-            lambda sid, a: text_to_persona.text_to_persona_task.submit(ctx, t2p_params, sid, *a, llm(len(doc_files))),
-            batch=params.llm_shard_parallelism)
-        stages.append(stage_report("text_to_persona", personas_manifest, ran, skipped))
+        # 2. Text-to-Persona: documents → personas (LLM), in shards of llm_shard_docs documents
+        t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
+        sampling = dict(t2p_template.params)
+        sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
+        personas = run(run_ctx, Stage(
+            "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
+                                "relations": list(params.relations),
+                                "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
+            row_ranges(docs, params.llm_shard_docs), llm_shard_task, {"llm": llm, "kind": TextToPersona},
+            window=params.llm_shard_parallelism))
+        reports.append(personas.report())
 
         # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
-        hub_ids, hub_version = hub_persona_ids(store, params.hub, run_id)
-        graph_manifests, graph_reports = persona_graph_stages(
-            ctx, personas_manifest, params.graph, llm, model, hub_ids, hub_version, params.llm_shard_parallelism,
-            filter_options(params.filters))
-        stages.extend(graph_reports)
+        p2p_template = load_template("persona_to_persona", PersonaToPersona.default_mode)
+        graph, graph_reports = persona_graph_stages(
+            run_ctx, personas.manifest, params.graph, llm,
+            llm_stage_params(p2p_template, dict(p2p_template.params), model, filters),
+            base.upstream.files() if base else [], base.version if base else None, params.llm_shard_parallelism)
+        reports.extend(graph_reports)
 
     # 4. MinHash then embedding dedup of every node (the lowest hop is kept), against the hub as this run found it
-    nodes = combined_manifest([("h0", personas_manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph_manifests)])
-    base = publish.base_version(store, params.hub, run_id)
-    dedup_manifest, reports, index_parts = dedup_stages(ctx, settings, nodes, params.minhash, params.embedding,
-                                                        HubBase.of(base))
-    stages.extend(reports)
-    edge_files = [f for m in graph_manifests for f in data_files(m, "edges")]
+    nodes = Manifest.combine("nodes", [("h0", personas.manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph)])
+    kept, dedup_reports, index_parts = dedup_stages(run_ctx, settings, nodes, params.minhash, params.embedding, base)
+    reports.extend(dedup_reports)
 
     # 5. publish: a new hub version (the base version's personas + this run's), once per finished run
-    lineage = {"run_id": run_id, "model": model, "template": template.ref,
-               "stages": {s["stage"]: s["counts"] for s in stages}}
-    hub_manifest = publish_deduplicated(ctx, params.hub, run_id, dedup_manifest, base, index_parts, lineage, edge_files)
+    lineage = {"run_id": run_id, "model": model, "template": t2p_template.ref,
+               "stages": {r.stage: asdict(r.counts) for r in reports}}
+    hub_manifest = publish_deduplicated(run_ctx, params.hub, kept, base, index_parts, lineage,
+                                        [f for m in graph for f in m.files("edges")])
 
+    usage_now = Usage.merge([Usage(**{k: v for k, v in r.usage_now.items() if k in Usage.__dataclass_fields__})
+                             for r in reports]).as_dict()
     summary = {
         "run_id": run_id,
         "run": store.uri(f"runs/{run_id}"),
@@ -209,18 +209,12 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         "hub_path": store.uri(f"hubs/{params.hub}/{hub_manifest['version']}"),
         "personas": hub_manifest["personas"],
         "model": model,
-        "stages": stages,
-        "llm_this_run": _usage_of([r for s in stages for r in s.pop("_ran")]),
+        "stages": [r.as_dict() for r in reports],
+        "llm_this_run": usage_now,
     }
-    create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary), description="build-hub counts")
+    create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),
+                             description="build-hub counts")
     return summary
-
-
-def _usage_of(results: list[dict[str, Any]]) -> dict[str, int]:
-    """Token and call totals of the shard tasks run now (skipped work costs nothing)."""
-    fields = Usage.__dataclass_fields__
-    usages = [Usage(**{k: v for k, v in r["usage"].items() if k in fields}) for r in results if "usage" in r]
-    return Usage.merge(usages).as_dict()
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

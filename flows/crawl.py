@@ -14,9 +14,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.stage_runner import TASK_WORKERS, run_exact_dedup, run_stage, stage_report, stages_markdown
+from personahub.flows.stage_runner import TASK_WORKERS, run, run_exact_dedup
+from personahub.tasks.core.report import stages_markdown
 from personahub.tasks import crawl as crawl_stage
-from personahub.tasks.core.checkpoint import params_hash
+from personahub.tasks.core.checkpoint import Manifest, params_hash
+from personahub.tasks.core.stage import Stage, StageReport
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import load_settings
 
@@ -40,28 +42,22 @@ def crawl_run_id(params: CrawlFlowParams) -> str:
 
 
 def crawl_stages(
-    ctx: RunContext, sources: list[str], params: crawl_stage.CrawlParams, max_docs: int | None, seed: int,
+    run_ctx: RunContext, sources: list[str], params: crawl_stage.CrawlParams, max_docs: int | None, seed: int,
     rows_per_bucket: int, bytes_per_bucket: int = 128_000_000,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Manifest, list[StageReport]]:
     """Run both crawl passes; returns (the documents' manifest, the stage reports)."""
-    shards = {sid: (url,) for sid, url in crawl_stage.plan_shards(crawl_stage.expand_sources(sources)).items()}
-    crawl_params = params.model_dump(mode="json")
-    read_manifest, ran, skipped = run_stage(
-        "crawl", ctx.checkpoint("crawl", crawl_params), shards,
-        lambda sid, a: crawl_stage.crawl_task.submit(ctx, crawl_params, sid, *a), batch=max(1, len(shards)))
-    reports = [stage_report("crawl", read_manifest, ran, skipped)]
-
+    files = crawl_stage.plan_shards(crawl_stage.expand_sources(sources))
+    read = run(run_ctx, Stage("crawl", params.model_dump(mode="json"), files, crawl_stage.crawl_task))
     threshold = None
     if max_docs is not None:
-        threshold = crawl_stage.sample_threshold(crawl_stage.all_doc_ids(ctx, read_manifest), seed, max_docs)
-    text_bytes = sum((s.get("extra") or {}).get("text_bytes", 0) for s in read_manifest["shards"])
-    docs_manifest, ran, skipped = run_exact_dedup(
-        ctx, "crawl_dedup", read_manifest, "documents", rows_per_bucket,
+        threshold = crawl_stage.sample_threshold_task(run_ctx, read.manifest.files(), seed, max_docs)
+    text_bytes = sum(s.extra.get("text_bytes", 0) for s in read.manifest.shards)
+    docs = run_exact_dedup(
+        run_ctx, "crawl_dedup", read.manifest, "documents", rows_per_bucket,
         min_buckets=max(1, -(-text_bytes // bytes_per_bucket)),
         prefilter=crawl_stage.sample_filter(seed, threshold),
         extra_params={"max_docs": max_docs, "seed": seed, "threshold": threshold})
-    reports.append(stage_report("crawl_dedup", docs_manifest, ran, skipped))
-    return docs_manifest, reports
+    return docs.manifest, [read.report(), docs.report()]
 
 
 @flow(name="crawl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
@@ -73,16 +69,14 @@ def crawl(params: CrawlFlowParams) -> dict[str, Any]:
     get_run_logger().info("crawl run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
     manifest, reports = crawl_stages(ctx, params.sources, params.crawl, params.max_docs, params.seed,
                                      params.rows_per_bucket, params.bytes_per_bucket)
-    for report in reports:
-        report.pop("_ran")
     summary = {
         "run_id": run_id,
         "run": ctx.store.uri(f"runs/{run_id}"),
-        "documents": manifest["totals"]["rows_out"],
+        "documents": manifest.totals.rows_out,
         "documents_path": ctx.store.uri(f"runs/{run_id}/crawl_dedup/data"),
-        "stages": reports,
+        "stages": [r.as_dict() for r in reports],
     }
     markdown = "\n".join([f"# Crawl `{run_id}`: {summary['documents']} documents", "",
-                          f"Documents at `{summary['documents_path']}`.", "", *stages_markdown(reports)])
+                          f"Documents at `{summary['documents_path']}`.", "", *stages_markdown(summary["stages"])])
     create_markdown_artifact(key="crawl-summary", markdown=markdown, description="crawl counts by stage and reason")
     return summary

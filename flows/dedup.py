@@ -7,6 +7,7 @@ hub's latest version (its stored sketches and vectors), as a nightly refresh doe
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -15,10 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
-from personahub.flows.stage_runner import TASK_WORKERS, run_stage, stage_report, stages_markdown
+from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.personas import input_files as persona_input
 from personahub.tasks.hub import publish
 from personahub.tasks.core.checkpoint import params_hash
+from personahub.tasks.core.stage import Stage
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import load_settings
 
@@ -55,36 +58,31 @@ def dedup(params: DedupFlowParams) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info("run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
 
-    input_params = {"text_column": params.text_column}
-    personas, ran, skipped = run_stage(
-        "persona_input", ctx.checkpoint("persona_input", input_params), {sid: (p,) for sid, p in shards.items()},
-        lambda sid, a: persona_input.read_task.submit(ctx, "persona_input", input_params, sid, *a), batch=8)
-    stages = [stage_report("persona_input", personas, ran, skipped)]
+    personas = run(ctx, Stage("persona_input", {"text_column": params.text_column}, shards, persona_input.read_task))
+    reports = [personas.report()]
 
     if params.publish and not params.hub:
         raise ValueError("publish needs a hub name")
-    base = publish.base_version(ctx.store, params.hub, run_id) if params.hub else None
-    final, reports, index_parts = dedup_stages(ctx, settings, personas, params.minhash, params.embedding,
-                                               HubBase.of(base, reuse=params.reuse_hub_index))
-    stages.extend(reports)
+    base = HubBase.of(publish.base_version(ctx.store, params.hub, run_id) if params.hub else None,
+                      reuse=params.reuse_hub_index)
+    final, dedup_reports, index_parts = dedup_stages(ctx, settings, personas.manifest, params.minhash, params.embedding, base)
+    reports.extend(dedup_reports)
     version = None
     if params.publish:
-        lineage = {"run_id": run_id, "stages": {s["stage"]: s["counts"] for s in stages}}
-        version = publish_deduplicated(ctx, params.hub, run_id, final, base, index_parts, lineage)["version"]
-    for s in stages:
-        s.pop("_ran", None)
+        lineage = {"run_id": run_id, "stages": {r.stage: asdict(r.counts) for r in reports}}
+        version = publish_deduplicated(ctx, params.hub, final, base, index_parts, lineage)["version"]
     summary = {
         "run_id": run_id,
         "run": ctx.store.uri(f"runs/{run_id}"),
-        "input": stages[0]["counts"]["rows_in"],
-        "kept": final["totals"]["rows_out"],
-        "kept_files": [ctx.store.uri(s["files"]["data"]) for s in final["shards"] if s["rows"].get("data")],
+        "input": reports[0].counts.rows_in,
+        "kept": final.totals.rows_out,
+        "kept_files": [ctx.store.uri(f) for f in final.files()],
         "hub": params.hub,
-        "base_version": base["version"] if base else None,
+        "base_version": base.version if base else None,
         "version": version,
-        "stages": stages,
+        "stages": [r.as_dict() for r in reports],
     }
     create_markdown_artifact(key="dedup-summary", markdown="\n".join(
-        [f"# Dedup `{run_id}`: {summary['input']} personas in, {summary['kept']} kept", ""] + stages_markdown(stages)),
+        [f"# Dedup `{run_id}`: {summary['input']} personas in, {summary['kept']} kept", ""] + stages_markdown(summary["stages"])),
         description="dedup counts")
     return summary

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,18 +156,12 @@ def build(
 
 
 def _print_stages(stages: list[dict[str, Any]]) -> None:
-    """One line of counts per stage, then its reasons and LLM usage when it has any."""
-    for stage in stages:
-        c = stage["counts"]
-        state = "skipped (done)" if stage["skipped"] else f"{stage['shards_run']}/{stage['shards']} shards run"
-        typer.echo(f"  {stage['stage']:<16} in {c['rows_in']:>6}  out {c['rows_out']:>6}  filtered {c['filtered']:>5}  "
-                   f"quarantined {c['quarantined']:>5}  [{state}]")
-        if stage["usage"]:
-            u = stage["usage"]
-            typer.echo("  " + " " * 16 + f" LLM: {u.get('calls', 0)} calls, {u.get('cache_hits', 0)} cache hits, "
-                       f"{u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion tokens")
-        if stage["reasons"]:
-            typer.echo("  " + " " * 16 + " reasons: " + ", ".join(f"{k} {v}" for k, v in stage["reasons"].items()))
+    """The per-stage table (tasks/core/report.py), the one the flow's artifact shows."""
+    from rich.console import Console
+
+    from personahub.tasks.core.report import stages_table
+
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(stages_table(stages))
 
 
 @app.command()

@@ -227,3 +227,36 @@ def test_same_flow_against_a_prefect_server(server, tmp_path):
         run, artifacts = run_coro_as_sync(recorded())
     assert run.state.is_completed() and run.parameters["params"]["llm_base_url"] == server.base_url
     assert any("3 personas" in (a.data or "") for a in artifacts)
+
+
+def test_an_edited_prompt_reruns_exactly_the_stage_that_uses_it(server, tmp_path, monkeypatch):
+    """Persona-to-Persona's template edited (in a prompts folder of the user's): a rerun of the same
+    build makes new calls for that stage only; Text-to-Persona's cached answers all stand."""
+    corpus = write_corpus(tmp_path / "corpus", 4)
+    params = BuildHubParams(corpus=[str(corpus)], store=str(tmp_path / "store"), llm_base_url=server.base_url,
+                            embedding_base_url=server.base_url, relations=["read"],
+                            graph=GraphParams(hops=1, k=2, max_new_per_hop=3))
+    first = build_hub(params)
+    by_stage = {s["stage"]: s for s in first["stages"]}
+    assert by_stage["persona_to_persona_h1"]["counts"]["rows_in"] > 0
+
+    shipped = REPO / "prompts" / "persona_to_persona" / "few-shot.yaml"
+    mine = tmp_path / "my-prompts" / "persona_to_persona"
+    mine.mkdir(parents=True)
+    text = shipped.read_text()
+    assert "You describe people and the people around them." in text
+    (mine / "few-shot.yaml").write_text(text.replace("You describe people and the people around them.",
+                                                     "You describe people and everyone around them."))
+    monkeypatch.setenv("PERSONAHUB_PROMPTS_DIR", str(tmp_path / "my-prompts"))
+    server.requests.clear()
+    before = server.calls
+
+    again = build_hub(params)
+    stages = {s["stage"]: s for s in again["stages"]}
+    assert again["run_id"] == first["run_id"]
+    assert stages["text_to_persona"]["skipped"] and stages["p2p_frontier_h1"]["skipped"]
+    assert not stages["persona_to_persona_h1"]["skipped"]
+    frontier = by_stage["p2p_frontier_h1"]["counts"]["rows_out"]
+    assert 0 < frontier == server.calls - before == len(server.requests), "one new call per expanded persona"
+    assert all("everyone around them" in r["messages"][0]["content"] for r in server.requests)
+    assert again["version"] == "v0002", "new personas: a new version"

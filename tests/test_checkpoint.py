@@ -7,13 +7,12 @@ import pytest
 from pydantic import BaseModel
 
 from personahub.tasks.core.checkpoint import (
+    Manifest,
     CountsMismatch,
     ShardCounts,
     StageCheckpoint,
     StageIncomplete,
-    manifest_files,
     params_hash,
-    read_stage_manifest,
 )
 from personahub.tasks.core.store import Store
 
@@ -62,20 +61,22 @@ def test_shards_then_manifest_last(store: Store) -> None:
 
     manifest = cp.finalize(expected_shards=SHARDS, summary={"note": "ok"})
     assert cp.is_complete()
-    assert store.read_json(cp.manifest_path) == manifest
-    assert [s["id"] for s in manifest["shards"]] == SHARDS
-    assert manifest["params"] == PARAMS and manifest["params_hash"] == params_hash(PARAMS)
-    assert manifest["totals"] == {
+    written = store.read_json(cp.manifest_path)
+    assert written == manifest.to_json() and Manifest.from_json(written) == manifest
+    assert [s["id"] for s in written["shards"]] == [s.id for s in manifest.shards] == SHARDS
+    assert written["params"] == PARAMS and written["params_hash"] == params_hash(PARAMS)
+    assert written["totals"] == {
         "rows_in": 24, "rows_out": 12, "filtered": 8, "quarantined": 4, "shards": 4,
         "rows": {"data": 12, "quarantine": 4}, "extra": {"prompt_tokens": 40},
     }
-    assert manifest["summary"] == {"note": "ok"}
-    assert max(e.finished_at for e in cp.done_shards().values()) <= manifest["created_at"]
+    assert written["summary"] == {"note": "ok"}
+    assert max(e.finished_at for e in cp.done_shards().values()) <= written["created_at"]
+    assert manifest.rows("quarantine") == 4 and manifest.digest() != ""
 
     assert cp.files() == [f"runs/run1/filter/data/{s}.parquet" for s in SHARDS]
     assert cp.files("quarantine") == [f"runs/run1/filter/quarantine/{s}.parquet" for s in SHARDS]
     assert store.read_parquet(cp.files()[2]).column("shard").to_pylist() == ["00002"] * 3
-    assert manifest_files(read_stage_manifest(store, "run1", "filter")) == cp.files()
+    assert manifest.files() == cp.files() and list(manifest.inputs()) == SHARDS
 
 
 def test_rerun_with_same_params_is_skipped(store: Store, reopen_store) -> None:
@@ -147,7 +148,7 @@ def test_crash_after_two_of_four_shards_resumes(store: Store, reopen_store, monk
         _write(resumed, shard)
     assert redone == SHARDS[2:]
     manifest = resumed.finalize(SHARDS)
-    assert [s["id"] for s in manifest["shards"]] == SHARDS
+    assert [s.id for s in manifest.shards] == SHARDS
     after = resumed.done_shards()
     assert all(after[s].finished_at == done[s].finished_at for s in SHARDS[:2])  # not rewritten
 
@@ -180,7 +181,7 @@ def test_finalize_with_missing_expected_shard_raises(store: Store) -> None:
     assert cp.manifest() is None and not cp.is_complete()
     # Without an expected list, the manifest lists what is done; extra done shards are left out
     # when an expected list is given.
-    assert [s["id"] for s in cp.finalize(SHARDS[:2])["shards"]] == SHARDS[:2]
+    assert [s.id for s in cp.finalize(SHARDS[:2]).shards] == SHARDS[:2]
 
 
 def test_shard_with_no_output_is_done(store: Store) -> None:
@@ -188,7 +189,7 @@ def test_shard_with_no_output_is_done(store: Store) -> None:
     entry = cp.write_shard("00000", {}, ShardCounts(4, 0, filtered=4))  # every row filtered out
     assert entry.files == {} and cp.is_shard_done("00000")
     manifest = cp.finalize(["00000"])
-    assert manifest["totals"]["filtered"] == 4 and cp.files() == []
+    assert manifest.totals.filtered == 4 and cp.files() == []
 
 
 def test_names_must_be_single_safe_segments(store: Store) -> None:

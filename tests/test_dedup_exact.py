@@ -8,7 +8,7 @@ import random
 import pyarrow as pa
 import pytest
 
-from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.core.checkpoint import Manifest, StageCheckpoint
 from personahub.tasks.dedup.exact import (
     SPECS,
     bucket_count,
@@ -76,7 +76,7 @@ def planted_shards() -> list[list[dict]]:
     return [shard_a, shard_b, shard_c]
 
 
-def run_dedup(store: Store, shards: list[list[dict]], run_id: str) -> tuple[dict, pa.Table, pa.Table, list[dict]]:
+def run_dedup(store: Store, shards: list[list[dict]], run_id: str) -> tuple[Manifest, pa.Table, pa.Table, list[dict]]:
     inputs = []
     for i, rows in enumerate(shards):
         path = f"inputs/{run_id}/personas-{i}.parquet"
@@ -105,9 +105,9 @@ def test_dedup_keeps_one_deterministic_row_per_persona(store: Store) -> None:
     for r in results:
         c = r["counts"]
         assert c["rows_in"] == c["rows_out"] + c["filtered"] and c["quarantined"] == 0
-    totals = final["totals"]
-    assert totals["rows_in"] == total
-    assert totals["rows_out"] == 30 and totals["filtered"] == total - 30
+    totals = final.totals
+    assert totals.rows_in == total
+    assert totals.rows_out == 30 and totals.filtered == total - 30
 
     ids = kept.column("persona_id").to_pylist()
     assert len(ids) == len(set(ids)) == 30
@@ -155,13 +155,13 @@ def test_input_shard_order_does_not_change_kept_set(tmp_path) -> None:
 
 
 def test_files_by_bucket_groups_in_shard_order() -> None:
-    manifest = {
+    manifest = Manifest.from_json({
         "shards": [
-            {"id": "s00000", "files": {"b00001": "p/b00001/s00000.parquet", "b00000": "p/b00000/s00000.parquet"}},
-            {"id": "s00001", "files": {"b00001": "p/b00001/s00001.parquet"}},
-            {"id": "s00002", "files": {"b00002": "p/b00002/s00002.parquet", "b00000": "p/b00000/s00002.parquet"}},
+            {"id": "s00000", "files": {"b00001": "p/b00001/s00000.parquet", "b00000": "p/b00000/s00000.parquet"}, "rows": {}},
+            {"id": "s00001", "files": {"b00001": "p/b00001/s00001.parquet"}, "rows": {}},
+            {"id": "s00002", "files": {"b00002": "p/b00002/s00002.parquet", "b00000": "p/b00000/s00002.parquet"}, "rows": {}},
         ]
-    }
+    })
     assert files_by_bucket(manifest) == {
         "b00000": ["p/b00000/s00000.parquet", "p/b00000/s00002.parquet"],
         "b00001": ["p/b00001/s00000.parquet", "p/b00001/s00001.parquet"],

@@ -14,9 +14,9 @@ def read(tmp_path: Path, source: Path, text_column: str | None = None) -> tuple[
     store = Store(str(tmp_path / "store"))
     checkpoint = StageCheckpoint(store, "run", "persona_input", {"text_column": text_column})
     result = read_persona_shard(checkpoint, "s0", str(source), text_column)
-    shard = checkpoint.finalize()["shards"][0]
-    data = store.read_parquet(shard["files"]["data"]).to_pylist()
-    quarantine = store.read_parquet(shard["files"]["quarantine"]).to_pylist()
+    shard = checkpoint.finalize().only_shard()
+    data = store.read_parquet(shard.file("data")).to_pylist()
+    quarantine = store.read_parquet(shard.file("quarantine")).to_pylist()
     return data, quarantine, result["counts"]
 
 

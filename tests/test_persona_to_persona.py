@@ -19,15 +19,15 @@ from personahub.tasks.personas.persona_to_persona import (
     QUARANTINE_SCHEMA,
     build_request,
     example_personas,
-    expand_personas,
     filter_options_from,
     parse_related,
-    persona_to_persona_shard,
-    persona_to_persona_task,
+    PersonaToPersona,
 )
 from personahub.tasks.personas.filters import PersonaFilterOptions
 from personahub.tasks.llm.templates import load_template
 from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import RowRange, StageRef
+from personahub.tasks.llm.stage import llm_shard_task, run_llm_shard
 from personahub.tasks.core.store import Store
 from personahub.tasks.personas.text_to_persona import PERSONA_SCHEMA, normalise_persona, persona_id_for
 
@@ -179,10 +179,14 @@ def gateway_for(server: FakeOpenAIServer, store: Store) -> LLMGateway:
 
 
 async def shard(server, store, checkpoint, frontier_file, hop=1, k=K, options=PersonaFilterOptions()) -> dict:
+    """One frontier shard through the generic LLM shard path; its counts, reasons and usage as written."""
+    params = {"template": TEMPLATE.name, "hop": hop, "k": k, "sampling": SAMPLING, "filters": options.as_dict()}
+    ref = StageRef(RunContext(store.url, None, checkpoint.run_id), checkpoint.stage, checkpoint.params)
+    rows = store.read_parquet(frontier_file).num_rows
     async with gateway_for(server, store) as gateway:
-        return await persona_to_persona_shard(
-            checkpoint, store, gateway, TEMPLATE, "f00000", frontier_file, hop, k, SAMPLING, options
-        )
+        await run_llm_shard(PersonaToPersona(params), ref, "f00000", RowRange(frontier_file, 0, rows), gateway)
+    entry = checkpoint.done_shards()["f00000"]
+    return {"counts": entry.counts.__dict__, "reasons": entry.extra["reasons"], "usage": entry.extra["usage"]}
 
 
 def test_hop_shard(server: FakeOpenAIServer, tmp_path: Path) -> None:
@@ -209,7 +213,7 @@ def test_hop_shard(server: FakeOpenAIServer, tmp_path: Path) -> None:
     assert out["usage"]["calls"] == 7 and out["usage"]["failures"] == 1
 
     entry = checkpoint.done_shards()["f00000"]
-    assert entry.extra["reasons"] == out["reasons"] and entry.extra["parents"] == len(PARENTS)
+    assert entry.extra["reasons"] == out["reasons"] and entry.extra["input_rows"] == len(PARENTS)
     assert entry.rows == {"data": 13, "edges": 13, "quarantine": 8}
     nodes_t = store.read_parquet(entry.files["data"])
     edges_t = store.read_parquet(entry.files["edges"])
@@ -313,27 +317,30 @@ def test_two_hops_chain_and_cached_rerun(server: FakeOpenAIServer, tmp_path: Pat
 
 
 def test_prefect_task_wrapper(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    """The task's params are plain JSON; its checkpoint is the hop's stage."""
+    """The generic LLM shard task: params are plain JSON, the checkpoint is the StageRef's, and only
+    the shard's own rows are read."""
     server.reset(responder)
     ctx = RunContext(str(tmp_path / "store"), None, "r3")
-    ctx.store.write_parquet("runs/r3/f.parquet", frontier_table(["good1"], hop=1))
+    ctx.store.write_parquet("runs/r3/f.parquet", frontier_table(["good2", "good1", "good2"], hop=1))
     params = {"template": "persona_to_persona", "template_ref": TEMPLATE.ref, "hop": 2, "k": 3,
               "sampling": SAMPLING, "filters": None}
     llm = {"base_url": server.base_url, "model": "fake-model", "concurrency": 2}
-    out = run(persona_to_persona_task.fn(ctx, params, "f00007", "runs/r3/f.parquet", llm))
+    ref = StageRef(ctx, "persona_to_persona_h2", params)
+    out = run(llm_shard_task.fn(ref, "f00007", RowRange("runs/r3/f.parquet", 1, 2), llm=llm, kind=PersonaToPersona))
     assert out["counts"] == {"rows_in": 3, "rows_out": 3, "filtered": 0, "quarantined": 0}
-    checkpoint = ctx.checkpoint("persona_to_persona_h2", params)
-    manifest = checkpoint.finalize(expected_shards=["f00007"])
-    assert manifest["totals"]["rows"] == {"data": 3, "edges": 3, "quarantine": 0}
-    assert manifest["totals"]["extra"]["parents"] == 1
-    assert {n["hop"] for n in ctx.store.read_parquet(checkpoint.files("data")[0]).to_pylist()} == {2}
+    assert server.calls == 1  # one parent: row 1 of 3
+    manifest = ref.checkpoint.finalize(expected_shards=["f00007"])
+    assert manifest.to_json()["totals"]["rows"] == {"data": 3, "edges": 3, "quarantine": 0}
+    assert manifest.to_json()["totals"]["extra"]["input_rows"] == 1
+    nodes = ctx.store.read_parquet(ref.checkpoint.files("data")[0]).to_pylist()
+    assert {n["hop"] for n in nodes} == {2} and {n["parent_id"] for n in nodes} == {persona_id_for(PARENTS["good1"])}
     assert filter_options_from(None) == PersonaFilterOptions()
     assert filter_options_from({}) == PersonaFilterOptions()
 
 
-def test_expand_rejects_hop_zero() -> None:
+def test_hop_zero_is_refused() -> None:
     with pytest.raises(ValueError, match="hop"):
-        run(expand_personas(None, TEMPLATE, frontier_table(["good1"]), 0, 3, SAMPLING))
+        PersonaToPersona({"hop": 0, "k": 3})
 
 
 def test_filter_options_reach_check_persona(server: FakeOpenAIServer) -> None:
@@ -341,10 +348,13 @@ def test_filter_options_reach_check_persona(server: FakeOpenAIServer) -> None:
     options = filter_options_from({"min_words": 30, "skip": ["refusal"]})
     assert options == PersonaFilterOptions(min_words=30, skip=("refusal",))
 
-    async def expand():
-        async with gateway_for(server, None) as gateway:
-            return await expand_personas(gateway, TEMPLATE, frontier_table(["good1"]), 1, 3, SAMPLING, options)
+    stage = PersonaToPersona({"hop": 1, "k": 3, "sampling": SAMPLING, "filters": options.as_dict()})
+    parent = frontier_table(["good1"]).to_pylist()[0]
 
-    nodes, edges, quarantine, reasons = run(expand())
-    assert (nodes, edges, reasons) == ([], [], {"too_short": 3})
-    assert [q["reason"] for q in quarantine] == ["too_short"] * 3
+    async def ask():
+        async with gateway_for(server, None) as gateway:
+            return await gateway.chat_many(stage.requests(parent))
+
+    outcome = stage.parse(parent, run(ask()))
+    assert outcome.rows == {} and outcome.filtered == {} and outcome.rows_in == 3
+    assert [q["reason"] for q in outcome.rejects] == ["too_short"] * 3

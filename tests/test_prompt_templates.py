@@ -1,4 +1,4 @@
-"""Prompt templates: YAML data rendered with strict Jinja; the version is the hash of the file bytes."""
+"""Prompt templates: prompts/<task>/<mode>.yaml, rendered with strict Jinja; the version hashes what the file says."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from importlib import resources
 
 import jinja2
 import pytest
+import yaml
 
 from personahub.tasks.llm.templates import load_template, parse_template
 
 
 def shipped_bytes() -> bytes:
-    return resources.files("personahub.prompts").joinpath("text_to_persona.yaml").read_bytes()
+    return resources.files("personahub.prompts").joinpath("text_to_persona", "few-shot.yaml").read_bytes()
 
 
 def test_load_and_render_text_to_persona() -> None:
@@ -38,14 +39,22 @@ def test_load_and_render_text_to_persona() -> None:
     assert load_template("text_to_persona") is template  # cached
 
 
-def test_version_is_hash_of_bytes() -> None:
+def test_version_changes_with_content_not_with_comments_or_layout() -> None:
     raw = shipped_bytes()
     same = parse_template(raw, "copy")
     assert same.version == load_template("text_to_persona").version
-    edited = parse_template(raw + b"\n# an edited comment\n", "edited")
-    assert edited.version != same.version
-    assert edited.user == same.user  # the content is equal, the version is not
+    assert parse_template(raw + b"\n# an edited comment\n", "commented").version == same.version
+    relaid = yaml.safe_dump(yaml.safe_load(raw), sort_keys=False, width=60).encode()
+    assert relaid != raw and parse_template(relaid, "relaid").version == same.version
     assert parse_template(raw.replace(b"one specific kind", b"one kind"), "x").version != same.version
+    assert parse_template(raw.replace(b"temperature: 0.7", b"temperature: 0.8"), "y").version != same.version
+
+
+def test_templates_are_found_by_task_and_mode() -> None:
+    assert load_template("text_to_persona", "few-shot").mode == "few-shot"
+    assert load_template("persona_to_persona", "few-shot").name == "persona_to_persona"
+    with pytest.raises(FileNotFoundError, match=r"mode 'zero-shot'.*modes there: few-shot"):
+        load_template("text_to_persona", "zero-shot")
 
 
 def test_missing_variable_raises() -> None:

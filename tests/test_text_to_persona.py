@@ -13,6 +13,9 @@ import pytest
 
 from fake_openai import FakeOpenAIServer, FakeReply
 from personahub.tasks.core.checkpoint import StageCheckpoint
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import RowRange, StageRef
+from personahub.tasks.llm.stage import run_llm_shard
 from personahub.tasks.llm.gateway import ChatResult, LLMGateway
 from personahub.tasks.personas.filters import DEFAULT_OPTIONS
 from personahub.tasks.llm.templates import load_template
@@ -21,7 +24,7 @@ from personahub.tasks.personas.text_to_persona import (
     build_request,
     normalise_persona,
     persona_id_for,
-    text_to_persona_shard,
+    TextToPersona,
     validate_persona,
 )
 
@@ -164,19 +167,22 @@ def run(coro, timeout: float = 20.0):
 
 
 async def run_shard(server: FakeOpenAIServer, store: Store, checkpoint: StageCheckpoint, docs_file: str) -> dict:
+    """One shard through the generic LLM shard path; its counts, reasons and usage as written."""
     gateway = LLMGateway(base_url=server.base_url, model=None, store=store, max_retries=1, timeout_s=5.0, max_concurrency=4)
+    ref = StageRef(RunContext(store.url, None, checkpoint.run_id), checkpoint.stage, checkpoint.params)
+    rows = store.read_parquet(docs_file).num_rows
     async with gateway:
-        return await text_to_persona_shard(
-            checkpoint, store, gateway, load_template("text_to_persona"), "s00000", docs_file,
-            ["read", "like"], 2000, {"temperature": 0.7, "max_tokens": 96},
-        )
+        await run_llm_shard(TextToPersona(checkpoint.params), ref, "s00000", RowRange(docs_file, 0, rows), gateway)
+    entry = checkpoint.done_shards()["s00000"]
+    return {"counts": entry.counts.__dict__, "reasons": entry.extra["reasons"], "usage": entry.extra["usage"]}
 
 
 def test_text_to_persona_shard(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "store"))
     rows = [{"doc_id": f"id-{k}", "source": f"/corpus/{k}.txt", "text": text} for k, text in DOCS.items()]
     store.write_parquet("runs/r1/crawl/data/s00000.parquet", pa.Table.from_pylist(rows))
-    params = {"template": "text_to_persona", "relations": ["read", "like"]}
+    params = {"template": "text_to_persona", "relations": ["read", "like"], "max_doc_chars": 2000,
+              "sampling": {"temperature": 0.7, "max_tokens": 96}}
     checkpoint = StageCheckpoint(store, "r1", "text_to_persona", params)
     template = load_template("text_to_persona")
 

@@ -19,8 +19,8 @@ import enum
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import PurePath
 from typing import Any
@@ -143,6 +143,128 @@ class ShardEntry:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class ShardRecord:
+    """One shard as a manifest lists it: its files and rows by kind, its counts and extras."""
+
+    id: str
+    files: Mapping[str, str]
+    rows: Mapping[str, int]
+    counts: ShardCounts = field(default_factory=lambda: ShardCounts(0, 0))
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    params_hash: str = ""  # of the stage that wrote it ("" for files no stage of this run wrote)
+
+    def rows_of(self, kind: str = "data") -> int:
+        return int(self.rows.get(kind, 0))
+
+    def file(self, kind: str = "data") -> str:
+        if kind not in self.files:
+            raise KeyError(f"shard {self.id} has no {kind!r} file (it has {sorted(self.files)})")
+        return self.files[kind]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "files": dict(self.files), "rows": dict(self.rows), "counts": asdict(self.counts),
+                "extra": dict(self.extra), "params_hash": self.params_hash}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ShardRecord:
+        counts = obj.get("counts")
+        return cls(obj["id"], dict(obj["files"]), dict(obj["rows"]),
+                   ShardCounts(**counts) if counts else ShardCounts(0, 0), dict(obj.get("extra") or {}),
+                   obj.get("params_hash", ""))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished stage: its shards (in shard-id order), parameters and totals.
+
+    Downstream stages read it through these lookups, never through its JSON. `Manifest.of_files`
+    and `Manifest.combine` make the upstream of a stage that reads files no single stage wrote
+    (a hub version's parts, every hop's personas).
+    """
+
+    shards: tuple[ShardRecord, ...]
+    stage: str = ""
+    run_id: str = ""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    params_hash: str = ""
+    summary: Mapping[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+    # --- lookups ---------------------------------------------------------------------------
+    def inputs(self, kind: str = "data") -> dict[str, str]:
+        """Shard id → `kind` file of the shards with rows of that kind, sorted by id."""
+        return {s.id: s.files[kind] for s in sorted(self.shards, key=lambda s: s.id) if s.rows_of(kind) > 0}
+
+    def files(self, kind: str = "data") -> list[str]:
+        """The `kind` files that hold rows, in shard-id order."""
+        return list(self.inputs(kind).values())
+
+    def rows(self, kind: str = "data") -> int:
+        return sum(s.rows_of(kind) for s in self.shards)
+
+    @property
+    def totals(self) -> ShardCounts:
+        total = ShardCounts(0, 0)
+        for shard in self.shards:
+            total = total + shard.counts
+        return total
+
+    def only_shard(self) -> ShardRecord:
+        """The shard of a one-shard stage (a selection over all inputs)."""
+        if len(self.shards) != 1:
+            raise CheckpointError(f"{self.stage} has {len(self.shards)} shards where one was expected")
+        return self.shards[0]
+
+    def extra_sums(self, key: str) -> dict[str, int]:
+        """Per-name sums of a mapping every shard may keep in its extras (reasons, usage)."""
+        out: dict[str, int] = {}
+        for shard in self.shards:
+            for name, n in (shard.extra.get(key) or {}).items():
+                out[name] = out.get(name, 0) + n
+        return out
+
+    def digest(self) -> str:
+        """What a downstream stage depends on: exactly which shards, files and rows it read, and the
+        parameters they were made with (a stage rerun with new parameters rewrites the same files)."""
+        return params_hash({"shards": [[s.id, dict(s.files), dict(s.rows), s.params_hash] for s in self.shards]})
+
+    # --- making one ------------------------------------------------------------------------
+    @classmethod
+    def of_files(cls, stage: str, parts: Sequence[tuple[str, int]], prefix: str = "part") -> Manifest:
+        """Data files with their row counts as the shards of an upstream (ids prefix00000, ...)."""
+        return cls(tuple(ShardRecord(f"{prefix}{i:05d}", {"data": f}, {"data": n}) for i, (f, n) in enumerate(parts)),
+                   stage=stage)
+
+    @classmethod
+    def combine(cls, stage: str, parts: Sequence[tuple[str, Manifest]]) -> Manifest:
+        """Several stages' shards as one upstream, ids prefixed so they stay unique."""
+        return cls(tuple(replace(s, id=f"{prefix}-{s.id}") for prefix, m in parts for s in m.shards), stage=stage)
+
+    def to_json(self) -> dict[str, Any]:
+        rows: dict[str, int] = {}
+        for shard in self.shards:
+            for kind, n in shard.rows.items():
+                rows[kind] = rows.get(kind, 0) + n
+        return {
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "params": dict(self.params),
+            "params_hash": self.params_hash,
+            "shards": [s.to_json() for s in self.shards],
+            "totals": {**asdict(self.totals), "shards": len(self.shards), "rows": rows,
+                       "extra": _sum_numbers(s.extra for s in self.shards)},
+            "summary": dict(self.summary),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Manifest:
+        return cls(tuple(ShardRecord.from_json(s) for s in obj["shards"]), obj.get("stage", ""), obj.get("run_id", ""),
+                   dict(obj.get("params") or {}), obj.get("params_hash", ""), dict(obj.get("summary") or {}),
+                   obj.get("created_at", ""))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -231,16 +353,19 @@ class StageCheckpoint:
         return f"{self.prefix}/{DONE_DIR}/{shard_id}.json"
 
     # --- reading state -----------------------------------------------------------------------
-    def manifest(self) -> dict[str, Any] | None:
+    def manifest(self) -> Manifest | None:
         """The stage's manifest as written, whatever parameters it was made with; None if absent."""
         if not self.store.exists(self.manifest_path):
             return None
-        return self.store.read_json(self.manifest_path)
+        return Manifest.from_json(self.store.read_json(self.manifest_path))
+
+    def complete_manifest(self) -> Manifest | None:
+        """The manifest when the stage was finalized with these parameters (the caller skips it)."""
+        manifest = self.manifest()
+        return manifest if manifest is not None and manifest.params_hash == self.params_hash else None
 
     def is_complete(self) -> bool:
-        """True when the stage was finalized with these parameters: the caller skips it."""
-        manifest = self.manifest()
-        return manifest is not None and manifest.get("params_hash") == self.params_hash
+        return self.complete_manifest() is not None
 
     def done_shards(self) -> dict[str, ShardEntry]:
         """Finished shards made with these parameters, by shard id (sorted)."""
@@ -346,7 +471,7 @@ class StageCheckpoint:
         self,
         expected_shards: Iterable[str] | None = None,
         summary: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         """Write the manifest from the done shards; it is the last object the stage writes.
 
         With expected_shards, every one of them must be done (StageIncomplete otherwise) and only
@@ -362,57 +487,24 @@ class StageCheckpoint:
                     f"{self.stage}: {len(missing)} of {len(wanted)} expected shards are not done: {shown}"
                 )
             done = {s: done[s] for s in wanted}
-        totals = ShardCounts(0, 0)
         for entry in done.values():
             entry.counts.check(f"shard {entry.shard_id} counts")
-            totals = totals + entry.counts
-        totals.check(f"{self.stage} totals")
-        manifest = self._manifest(done, totals, summary)
-        self.store.write_json(self.manifest_path, manifest)
+        manifest = Manifest(
+            tuple(ShardRecord(e.shard_id, e.files, e.rows, e.counts, e.extra, e.params_hash) for e in done.values()),
+            stage=self.stage, run_id=self.run_id, params=self.params, params_hash=self.params_hash,
+            summary=dict(summary or {}), created_at=_now(),
+        )
+        manifest.totals.check(f"{self.stage} totals")
+        self.store.write_json(self.manifest_path, manifest.to_json())
         return manifest
-
-    def _manifest(
-        self, done: Mapping[str, ShardEntry], totals: ShardCounts, summary: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
-        rows: dict[str, int] = {}
-        for entry in done.values():
-            for kind, n in entry.rows.items():
-                rows[kind] = rows.get(kind, 0) + n
-        shards = [
-            {"id": e.shard_id, "files": e.files, "rows": e.rows, "counts": asdict(e.counts), "extra": e.extra}
-            for e in done.values()
-        ]
-        extra_totals = _sum_numbers(e.extra for e in done.values())
-        return {
-            "stage": self.stage,
-            "run_id": self.run_id,
-            "params": self.params,
-            "params_hash": self.params_hash,
-            "shards": shards,
-            "totals": {**asdict(totals), "shards": len(done), "rows": rows, "extra": extra_totals},
-            "summary": dict(summary or {}),
-            "created_at": _now(),
-        }
 
     # --- downstream ----------------------------------------------------------------------------
     def files(self, kind: str = "data") -> list[str]:
-        """Store paths of this stage's `kind` files in shard order; the stage must be complete."""
-        manifest = self.manifest()
-        if manifest is None or manifest.get("params_hash") != self.params_hash:
+        """Store paths of this stage's `kind` files that hold rows, in shard order; the stage must be
+        complete."""
+        manifest = self.complete_manifest()
+        if manifest is None:
             raise StageIncomplete(
                 f"{self.stage} has no manifest for params_hash {self.params_hash} at {self.store.uri(self.prefix)}"
             )
-        return manifest_files(manifest, kind)
-
-
-def manifest_files(manifest: Mapping[str, Any], kind: str = "data") -> list[str]:
-    """Store paths of one kind listed in a manifest, in shard order (shards without it are skipped)."""
-    return [shard["files"][kind] for shard in manifest["shards"] if kind in shard["files"]]
-
-
-def read_stage_manifest(store: Store, run_id: str, stage: str) -> dict[str, Any]:
-    """A finished stage's manifest, for a downstream stage that does not know its parameters."""
-    path = f"runs/{run_id}/{stage}/{MANIFEST}"
-    if not store.exists(path):
-        raise StageIncomplete(f"stage {stage} of run {run_id} has no manifest at {store.uri(path)}")
-    return store.read_json(path)
+        return manifest.files(kind)

@@ -174,6 +174,22 @@ class Store:
         with self.fs.open(self.full(rel), "rb") as fh:
             return pq.read_table(fh, columns=columns)
 
+    def read_parquet_rows(self, rel: str, start: int, stop: int, columns: list[str] | None = None) -> pa.Table:
+        """Rows [start, stop) of a Parquet object, reading only the row groups that hold them."""
+        with self.fs.open(self.full(rel), "rb") as fh:
+            parquet = pq.ParquetFile(fh)
+            groups, first, offset = [], 0, 0
+            for i in range(parquet.num_row_groups):
+                n = parquet.metadata.row_group(i).num_rows
+                if offset + n > start and offset < stop:
+                    if not groups:
+                        first = offset
+                    groups.append(i)
+                offset += n
+            if not groups:
+                return parquet.schema_arrow.empty_table().select(columns) if columns else parquet.schema_arrow.empty_table()
+            return parquet.read_row_groups(groups, columns=columns).slice(start - first, stop - start)
+
     def iter_parquet(self, rels: list[str], columns: list[str] | None = None) -> Iterator[pa.Table]:
         for rel in rels:
             yield self.read_parquet(rel, columns=columns)

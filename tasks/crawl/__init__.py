@@ -32,6 +32,7 @@ from personahub.tasks.core.sampling import seeded_keys
 from personahub.tasks.crawl.clean import CleanOptions, clean_document
 from personahub.tasks.crawl.readers import Record, ReaderOptions, read_records, supported_suffixes
 from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import StageRef
 
 DOCUMENT_SCHEMA = pa.schema(
     [
@@ -209,16 +210,17 @@ def sample_filter(seed: int, threshold: int | None):
     return keep
 
 
-def all_doc_ids(ctx: RunContext, manifest: dict[str, Any]) -> list[str]:
-    """The doc_id column of every crawl shard (20 bytes a document: what sampling needs)."""
+@task(name="crawl-sample", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def sample_threshold_task(run: RunContext, doc_files: list[str], seed: int, max_docs: int) -> int | None:
+    """Prefect task: the max_docs sample's threshold over the doc_id column of every crawl shard
+    (20 bytes a document: what sampling needs)."""
     ids: list[str] = []
-    for shard in manifest["shards"]:
-        if shard["rows"].get("data", 0):
-            ids.extend(pc.unique(ctx.store.read_parquet(shard["files"]["data"], columns=["doc_id"]).column("doc_id")).to_pylist())
-    return ids
+    for path in doc_files:
+        ids.extend(pc.unique(run.store.read_parquet(path, columns=["doc_id"]).column("doc_id")).to_pylist())
+    return sample_threshold(ids, seed, max_docs)
 
 
 @task(name="crawl-file", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def crawl_task(ctx: RunContext, params: dict[str, Any], shard_id: str, url: str) -> dict[str, Any]:
+def crawl_task(stage: StageRef, shard_id: str, url: str) -> dict[str, Any]:
     """Prefect task: one input file into one document shard."""
-    return crawl_shard(ctx.checkpoint("crawl", params), shard_id, url, CrawlParams(**params))
+    return crawl_shard(stage.checkpoint, shard_id, url, CrawlParams(**stage.params))

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
 
 BATCH_ROWS = 20_000
@@ -51,7 +51,6 @@ def apply_removals(checkpoint: StageCheckpoint, store: Store, shard_id: str, sou
 
 
 @task(name="dedup-apply", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def apply_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str,
-               removed_file: str, reason: str) -> dict[str, Any]:
-    return apply_removals(ctx.checkpoint(stage, params), ctx.store, shard_id, source_file, removed_file, reason)
+def apply_task(stage: StageRef, shard_id: str, source_file: str, *, removed_file: str, reason: str) -> dict[str, Any]:
+    return apply_removals(stage.checkpoint, stage.store, shard_id, source_file, removed_file, reason)
 

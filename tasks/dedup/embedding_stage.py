@@ -34,7 +34,7 @@ from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.dedup.minhash_stage import TIER_BIT, removed_table, unique
 from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm.gateway import LLMGateway, l2_normalise
-from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
 
 EMBED_BATCH_ROWS = 4_096
@@ -160,14 +160,13 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Vecto
 
 @task(name="embed", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE,
       retry_condition_fn=retry_unless_endpoint_down)
-def embed_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str,
-               llm: dict[str, Any]) -> dict[str, Any]:
-    gateway = LLMGateway.for_worker(llm, ctx.store)
-    return embed_shard(ctx.checkpoint(stage, params), ctx.store, shard_id, source_file, gateway, params["model"],
-                       params["batch_size"], params["dim"])
+def embed_task(stage: StageRef, shard_id: str, source_file: str, *, llm: dict[str, Any]) -> dict[str, Any]:
+    gateway = LLMGateway.for_worker(llm, stage.store)
+    p = stage.params
+    return embed_shard(stage.checkpoint, stage.store, shard_id, source_file, gateway, p["model"], p["batch_size"], p["dim"])
 
 
 @task(name="embedding-select", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def select_task(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[VectorInput]) -> dict[str, Any]:
-    return select_all(ctx.checkpoint(stage, params), ctx.store, inputs, params["threshold"], params["dim"],
-                      params.get("search"))
+def select_task(stage: StageRef, shard_id: str, _input: None, *, inputs: list[VectorInput]) -> dict[str, Any]:
+    p = stage.params
+    return select_all(stage.checkpoint, stage.store, inputs, p["threshold"], p["dim"], p.get("search"))

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.checkpoint import Manifest, ShardCounts, StageCheckpoint
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
 
 
@@ -155,25 +155,25 @@ def dedup_bucket(
     return {"shard_id": bucket_id, "counts": shard.counts.__dict__, "reasons": reasons}
 
 
-def files_by_bucket(partition_manifest: dict[str, Any]) -> dict[str, list[str]]:
+def files_by_bucket(partition_manifest: Manifest) -> dict[str, list[str]]:
     """Bucket name → the pass-1 files holding it, in shard order."""
     out: dict[str, list[str]] = {}
-    for shard in partition_manifest["shards"]:
-        for kind, path in sorted(shard["files"].items()):
+    for shard in partition_manifest.shards:
+        for kind, path in sorted(shard.files.items()):
             out.setdefault(kind, []).append(path)
     return dict(sorted(out.items()))
 
 
 @task(name="dedup-exact-partition", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def partition_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str) -> dict[str, Any]:
+def partition_task(stage: StageRef, shard_id: str, source_file: str) -> dict[str, Any]:
     """Prefect task: pass 1 for one shard (params: n_buckets, spec)."""
-    spec = SPECS[params["spec"]]
-    return partition_shard(ctx.checkpoint(stage, params), ctx.store, shard_id, source_file, params["n_buckets"], spec.key)
+    spec = SPECS[stage.params["spec"]]
+    return partition_shard(stage.checkpoint, stage.store, shard_id, source_file, stage.params["n_buckets"], spec.key)
 
 
 @task(name="dedup-exact-bucket", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
 def dedup_bucket_task(
-    ctx: RunContext, stage: str, params: dict[str, Any], bucket_id: str, files: list[str], prefilter: BucketFilter | None = None
+    stage: StageRef, bucket_id: str, files: list[str], *, prefilter: BucketFilter | None = None
 ) -> dict[str, Any]:
     """Prefect task: pass 2 for one bucket (params: spec)."""
-    return dedup_bucket(ctx.checkpoint(stage, params), ctx.store, bucket_id, files, SPECS[params["spec"]], prefilter)
+    return dedup_bucket(stage.checkpoint, stage.store, bucket_id, files, SPECS[stage.params["spec"]], prefilter)

@@ -36,7 +36,7 @@ from personahub.tasks.dedup import keep as dedup_keep
 
 from personahub.tasks.dedup import minhash
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store, incompressible
 
 # Band rows per partition (16 bytes each plus sort buffers): ~0.2 GB of arrays in the pairs step.
@@ -385,16 +385,17 @@ def _shard_id_of(sketch_path: str) -> str:
 
 # --- Prefect tasks -----------------------------------------------------------------------------
 @task(name="minhash-sketch", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def sketch_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, source_file: str) -> dict[str, Any]:
-    banding = minhash.Banding(**params["banding"])
-    return sketch_shard(ctx.checkpoint(stage, params), ctx.store, shard_id, source_file, banding, params["partition_bits"])
+def sketch_task(stage: StageRef, shard_id: str, source_file: str) -> dict[str, Any]:
+    banding = minhash.Banding(**stage.params["banding"])
+    return sketch_shard(stage.checkpoint, stage.store, shard_id, source_file, banding, stage.params["partition_bits"])
 
 
 @task(name="minhash-pairs", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def pairs_task(ctx: RunContext, stage: str, params: dict[str, Any], partition: int, inputs: list[SketchInput]) -> dict[str, Any]:
-    return pairs_partition(ctx.checkpoint(stage, params), ctx.store, partition, params["partition_bits"], inputs)
+def pairs_task(stage: StageRef, shard_id: str, partition: int, *, inputs: list[SketchInput]) -> dict[str, Any]:
+    return pairs_partition(stage.checkpoint, stage.store, partition, stage.params["partition_bits"], inputs)
 
 
 @task(name="minhash-select", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def select_task(ctx: RunContext, stage: str, params: dict[str, Any], inputs: list[SketchInput], pair_files: list[str]) -> dict[str, Any]:
-    return select_all(ctx.checkpoint(stage, params), ctx.store, inputs, pair_files, params["threshold"])
+def select_task(stage: StageRef, shard_id: str, _input: None, *, inputs: list[SketchInput],
+                pair_files: list[str]) -> dict[str, Any]:
+    return select_all(stage.checkpoint, stage.store, inputs, pair_files, stage.params["threshold"])

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from personahub.tasks.dedup.apply import removed_rows
+from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.store import Store
+from personahub.tasks.dedup.apply import removed_rows
 
 
 def _survivors(n: int, removed: np.ndarray) -> np.ndarray:
@@ -31,13 +32,14 @@ def _survivors(n: int, removed: np.ndarray) -> np.ndarray:
 def write_index(store: Store, prefix: str, minhash_part: dict[str, Any], embedding_part: dict[str, Any] | None,
                 previous: dict[str, Any] | None) -> dict[str, Any]:
     """Write this run's index shards under `prefix` and return the version's index manifest."""
-    sketches, mh_removed = minhash_part["sketches"], minhash_part["decision"]["shards"][0]["files"]["removed"]
-    emb_removed = embedding_part["decision"]["shards"][0]["files"]["removed"] if embedding_part else None
-    vectors_of = {s["id"]: s for s in embedding_part["vectors"]["shards"]} if embedding_part else {}
-    bits = sketches["params"]["partition_bits"]
+    sketches: Manifest = minhash_part["sketches"]
+    mh_removed = minhash_part["decision"].only_shard().file("removed")
+    emb_removed = embedding_part["decision"].only_shard().file("removed") if embedding_part else None
+    vectors_of = {s.id: s for s in embedding_part["vectors"].shards} if embedding_part else {}
+    bits = sketches.params["partition_bits"]
     mh_shards, emb_shards = [], []
-    for shard in sorted(sketches["shards"], key=lambda s: s["id"]):
-        sid, n = shard["id"], shard["rows"].get("sketches", 0)
+    for shard in sorted(sketches.shards, key=lambda s: s.id):
+        sid, n = shard.id, shard.rows_of("sketches")
         after_minhash = _survivors(n, removed_rows(store, mh_removed, sid))
         kept = after_minhash
         if emb_removed is not None:
@@ -45,15 +47,15 @@ def write_index(store: Store, prefix: str, minhash_part: dict[str, Any], embeddi
             kept = after_minhash[kept_in_emb]
             vec = vectors_of.get(sid)  # none when MinHash left the shard empty
             if vec is not None and len(kept_in_emb):
-                table = store.read_parquet(vec["files"]["vectors"]).take(pa.array(kept_in_emb))
+                table = store.read_parquet(vec.file("vectors")).take(pa.array(kept_in_emb))
                 path = f"{prefix}/embedding/{sid}.parquet"
                 store.write_parquet(path, table)
                 emb_shards.append({"id": sid, "vectors": path, "rows": table.num_rows})
-        table = store.read_parquet(shard["files"]["sketches"]).take(pa.array(kept))
+        table = store.read_parquet(shard.file("sketches")).take(pa.array(kept))
         base = f"{prefix}/minhash/{sid}"
         store.write_parquet(f"{base}/sketches.parquet", table)
         bands: dict[str, str] = {}
-        for kind, path in sorted(shard["files"].items()):
+        for kind, path in sorted(shard.files.items()):
             if not kind.startswith("bands_p"):
                 continue
             t = store.read_parquet(path)

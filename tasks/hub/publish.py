@@ -18,7 +18,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from personahub.tasks.core.checkpoint import ShardCounts
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
+from personahub.tasks.hub.index import write_index
 
 HUB_COLUMNS = ["persona_id", "persona", "hop", "origin", "parent_id", "relation", "doc_id", "source", "model",
                "template", "params"]
@@ -106,6 +112,22 @@ def publish_hub(
     store.write_json(f"{prefix}/manifest.json", manifest)
     store.write_json(f"{hub_prefix(hub)}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
     return manifest
+
+
+@task(name="publish", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str], lineage: dict[str, Any],
+                 edge_files: list[str], base: dict[str, Any] | None, index_parts: dict[str, Any]) -> dict[str, Any]:
+    """Prefect task: the kept personas (files) as the hub's next version over `base`, with the dedup
+    index; the version's manifest is the shard's extra, so a rerun returns it instead of publishing
+    again."""
+    store = stage.store
+    rows = sum(store.read_parquet(f, columns=["persona_id"]).num_rows for f in files)
+    manifest = publish_hub(
+        store, stage.params["hub"], stage.run.run_id, files, lineage, edge_files, previous=base,
+        index=lambda prefix, previous: write_index(store, prefix, index_parts["minhash"], index_parts.get("embedding"),
+                                                   previous))
+    stage.checkpoint.write_shard(shard_id, {}, ShardCounts(rows_in=rows, rows_out=rows), extra={"hub_manifest": manifest})
+    return {"version": manifest["version"]}
 
 
 def base_version(store: Store, hub: str, run_id: str) -> dict[str, Any] | None:

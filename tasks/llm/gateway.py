@@ -2,7 +2,8 @@
 
 It owns, in one place, what each stage would otherwise get subtly wrong:
 
-* bounded concurrency (an asyncio.Semaphore per event loop),
+* bounded concurrency: one limit per endpoint that every gateway and thread of the process shares
+  (tasks/llm/concurrency.py),
 * retries with jittered exponential backoff on 429 (honouring Retry-After), 5xx, timeouts and
   connection resets; every other error is final and reported in the result, never raised,
 * a circuit breaker (tasks/llm/endpoint_breaker.py): an endpoint that refuses connections, the key or
@@ -40,6 +41,7 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from personahub.tasks.core.http import endpoint_label, retry_after_s
+from personahub.tasks.llm.concurrency import limit_for
 from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm.json_parsing import parse_json_lenient
 from personahub.tasks.core.store import Store
@@ -325,12 +327,11 @@ def _purpose(value: Any) -> Purpose:
 
 @dataclass
 class _LoopState:
-    """What must belong to one event loop: the HTTP client's connections and the semaphore.
+    """What must belong to one event loop: the HTTP client's connections and the model lock.
     (It must not refer to its loop: it is the value of a weak mapping keyed by that loop.)"""
 
     client: AsyncOpenAI
     closer: Any  # the _close_with_loop generator that closes `client` when the loop shuts down
-    semaphore: asyncio.Semaphore
     model_lock: asyncio.Lock
     # Requests being answered now, by cache key: an identical request waits for that answer
     # instead of paying for it a second time in the same batch.
@@ -351,8 +352,9 @@ class LLMGateway:
     """Chat completions against one OpenAI-compatible endpoint, with caching, retries and accounting.
 
     Safe to use from several `asyncio.run` calls, in turn or in threads at once (Prefect tasks do
-    both): the HTTP client and the semaphore are per event loop, so `max_concurrency` bounds the
-    requests in flight per loop (per worker thread); the usage counters are shared and locked."""
+    both): the HTTP client is per event loop; `max_concurrency` bounds the requests in flight to
+    this endpoint across every gateway and thread of the process (tasks/llm/concurrency.py), so
+    shards in flight share one bound; the usage counters are shared and locked."""
 
     def __init__(
         self,
@@ -383,6 +385,7 @@ class LLMGateway:
         self.cache_prefix = cache_prefix.strip("/")
         self.usage = Usage()
         self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
+        self.limit = limit_for(self.base_url, self.max_concurrency)
         # Kept private and out of repr(); only the SDK client sees it (as the Authorization header).
         self.__api_key = api_key or PLACEHOLDER_API_KEY
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
@@ -460,7 +463,7 @@ class LLMGateway:
                 max_retries=0,  # we own retries (tenacity below), so they are counted and jittered
             )
             closer = _close_with_loop(client)
-            state = _LoopState(client, closer, asyncio.Semaphore(self.max_concurrency), asyncio.Lock())
+            state = _LoopState(client, closer, asyncio.Lock())
             self._states[loop] = state
         await closer.__anext__()  # registers it with the loop's async-generator finaliser
         return state
@@ -633,8 +636,8 @@ class LLMGateway:
                 del state.inflight[key]
 
     async def _call(self, state: _LoopState, model: str, key: str, req: ChatRequest) -> ChatResult:
-        """Ask the endpoint (bounded by the semaphore, with retries) and cache the raw answer."""
-        async with state.semaphore:
+        """Ask the endpoint (bounded by the endpoint's shared limit, with retries) and cache the raw answer."""
+        async with self.limit:
             self.breaker.check()
             self._count(calls=1)
             try:
@@ -757,7 +760,7 @@ class LLMGateway:
                 self._count(usage, cache_hits=1)
                 return vectors
 
-        async with state.semaphore:
+        async with self.limit:
             self.breaker.check()
             self._count(usage, calls=1)
             try:

@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.sampling import seeded_keys
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
+from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
 
 FRONTIER_COLUMNS = ["persona_id", "persona", "doc_id", "source", "hop"]
@@ -49,17 +52,23 @@ def select_frontier(
     return table
 
 
-def write_frontier(checkpoint: StageCheckpoint, table: pa.Table, per_shard: int, candidates: int) -> dict[str, Any]:
-    """The frontier as shards of per_shard personas; the counts say how many candidates were cut."""
-    n_shards = max(1, -(-table.num_rows // per_shard))
-    for i in range(n_shards):
-        part = table.slice(i * per_shard, per_shard)
-        rows_in = part.num_rows + (candidates - table.num_rows if i == 0 else 0)
-        checkpoint.write_shard(f"f{i:05d}", {"data": part}, ShardCounts(rows_in=rows_in, rows_out=part.num_rows,
-                                                                          filtered=rows_in - part.num_rows),
-                               extra={"reasons": {"not_expanded": rows_in - part.num_rows} if rows_in > part.num_rows else {}})
-    return checkpoint.finalize(expected_shards=[f"f{i:05d}" for i in range(n_shards)])
+def frontier_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, candidate_files: list[str],
+                   exclude_files: list[str], max_new: int, seed: int, hop: int) -> ShardCounts:
+    """The frontier as one shard; its counts say how many candidates were not expanded."""
+    table = select_frontier(store, candidate_files, read_ids(store, exclude_files), max_new, seed, hop)
+    candidates = sum(store.read_parquet(f, columns=["persona_id"]).num_rows for f in candidate_files)
+    cut = candidates - table.num_rows
+    counts = ShardCounts(rows_in=candidates, rows_out=table.num_rows, filtered=cut)
+    checkpoint.write_shard(shard_id, {"data": table}, counts, extra={"reasons": {"not_expanded": cut} if cut else {}})
+    return counts
 
 
-def candidate_count(store: Store, files: list[str]) -> int:
-    return sum(store.read_parquet(f, columns=["persona_id"]).num_rows for f in files)
+@task(name="p2p-frontier", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def frontier_task(stage: StageRef, shard_id: str, _input: None, *, candidate_files: list[str],
+                  exclude_files: list[str]) -> dict[str, Any]:
+    """Prefect task: who hop `hop` expands, from the previous hop's personas (candidate_files),
+    leaving out the hub's and every earlier hop's (exclude_files). params: hop, max_new, seed."""
+    p = stage.params
+    counts = frontier_shard(stage.checkpoint, stage.store, shard_id, candidate_files, exclude_files,
+                            int(p["max_new"]), int(p["seed"]), int(p["hop"]))
+    return {"shard_id": shard_id, "counts": counts.__dict__}

@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.crawl import expand_sources, plan_shards
-from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import StageRef
 
 BATCH_ROWS = 50_000
 TEXT_COLUMNS = ("persona", "text")
@@ -139,6 +139,6 @@ def plan_persona_shards(paths: list[str]) -> dict[str, str]:
 
 
 @task(name="persona-input", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def read_task(ctx: RunContext, stage: str, params: dict[str, Any], shard_id: str, path: str) -> dict[str, Any]:
-    return read_persona_shard(ctx.checkpoint(stage, params), shard_id, path, params.get("text_column"))
+def read_task(stage: StageRef, shard_id: str, path: str) -> dict[str, Any]:
+    return read_persona_shard(stage.checkpoint, shard_id, path, stage.params.get("text_column"))
 

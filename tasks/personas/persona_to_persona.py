@@ -33,17 +33,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
-from personahub.tasks.llm.gateway import ChatRequest, ChatResult, LLMGateway
+from personahub.tasks.llm.gateway import ChatRequest, ChatResult
+from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.llm.json_parsing import parse_json_lenient
 from personahub.tasks.personas.filters import PersonaFilterOptions, check_persona
-from personahub.tasks.llm.templates import PromptTemplate, load_template
-from personahub.tasks.core.run_context import RunContext
-from personahub.tasks.core.store import Store
+from personahub.tasks.llm.templates import PromptTemplate
 from personahub.tasks.personas.text_to_persona import PERSONA_SCHEMA, normalise_persona, persona_id_for
 
 ORIGIN = "persona_to_persona"
@@ -72,9 +67,6 @@ QUARANTINE_SCHEMA = pa.schema(
         ("template", pa.string()),
     ]
 )
-
-# Reasons of rows that are filtered (counted, not quarantined); every other reason is quarantine.
-FILTERED_REASONS = frozenset({"beyond_k", "duplicate_in_response"})
 
 UNSPECIFIED = "unspecified"
 MAX_RELATION_CHARS = 40
@@ -220,150 +212,82 @@ def _split_tokens(total: int, n: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
-# --- expansion -----------------------------------------------------------------------------------
-async def expand_personas(
-    gateway: LLMGateway,
-    template: PromptTemplate,
-    parents: pa.Table,
-    hop: int,
-    k: int,
-    params: Mapping[str, Any],
-    filter_options: PersonaFilterOptions = PersonaFilterOptions(),
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """(node rows, edge rows, quarantine rows, reasons) of one hop for a table of parent personas
-    (columns persona_id, persona, doc_id, source at least). `hop` is the children's hop (>= 1).
+# --- the stage ---------------------------------------------------------------------------------
+class PersonaToPersona(LLMStage):
+    """One hop of Persona-to-Persona as an LLM stage: one request per parent persona.
 
-    A child's prompt/completion tokens are its call's, split among the call's kept children so
-    that summing the column gives what the kept nodes cost (gateway usage has the full spend)."""
-    if hop < 1:
-        raise ValueError(f"Persona-to-Persona produces hop 1 and later, not hop {hop}")
-    parents_rows = parents.select(["persona_id", "persona", "doc_id", "source"]).to_pylist()
-    requests = [build_request(template, p["persona"], k, params) for p in parents_rows]
-    results = await gateway.chat_many(requests)
-    params_json = json.dumps(dict(params), sort_keys=True)
-    copies = example_personas(template)
+    Parameters (hashed into the checkpoint): hop (the children's, >= 1), k, sampling, filters, mode.
+    A child's prompt/completion tokens are its call's, split among the call's kept children so that
+    summing the column gives what the kept nodes cost (gateway usage has the full spend).
+    """
 
-    nodes: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
-    quarantine: list[dict[str, Any]] = []
-    reasons: dict[str, int] = {}
-    rows_in = filtered = 0
+    name = "persona-to-persona"
+    template_task = "persona_to_persona"
+    columns = ["persona_id", "persona", "doc_id", "source"]
+    outputs = {"data": NODE_SCHEMA, "edges": EDGE_SCHEMA}
+    quarantine = QUARANTINE_SCHEMA
 
-    def count(reason: str) -> None:
-        reasons[reason] = reasons.get(reason, 0) + 1
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.hop = int(self.params["hop"])
+        if self.hop < 1:
+            raise ValueError(f"Persona-to-Persona produces hop 1 and later, not hop {self.hop}")
+        self.k = int(self.params["k"])
+        self.options = filter_options_from(self.params.get("filters"))
+        self.copies = example_personas(self.template)
+        self.params_json = json.dumps(self.sampling, sort_keys=True)
 
-    for parent, result in zip(parents_rows, results):
-        base = {"parent_id": parent["persona_id"], "doc_id": parent["doc_id"], "hop": hop,
-                "model": result.model, "template": template.ref}
+    def requests(self, row: dict[str, Any]) -> list[ChatRequest]:
+        return [build_request(self.template, row["persona"], self.k, self.sampling)]
+
+    def parse(self, row: dict[str, Any], results: list[ChatResult]) -> Outcome:
+        (result,) = results
+        base = {"parent_id": row["persona_id"], "doc_id": row["doc_id"], "hop": self.hop,
+                "model": result.model, "template": self.template.ref}
         items, reason = _response_items(result)
         if reason is not None:
-            rows_in += 1
-            count(reason)
-            detail = f"llm_error: {result.error[:300]}" if reason == "llm_error" else reason
-            quarantine.append({**base, "relation": None, "reason": detail, "response": result.text})
-            continue
-        rows_in += len(items)
+            detail = self.llm_error(result) if reason == "llm_error" else reason
+            return Outcome(rows_in=1, rejects=[{**base, "relation": None, "reason": detail, "response": result.text}])
+        outcome = Outcome(rows_in=len(items))
         seen: set[str] = set()
         kept: list[dict[str, Any]] = []
         for index, item in enumerate(items):
-            if index >= k:
-                filtered += 1
-                count("beyond_k")
+            if index >= self.k:
+                outcome.filter("beyond_k")
                 continue
             child, relation = _item_pair(item)
             if child is None:
-                count("missing_persona")
-                quarantine.append({**base, "relation": relation, "reason": "missing_persona", "response": _raw(item)})
+                outcome.rejects.append({**base, "relation": relation, "reason": "missing_persona", "response": _raw(item)})
                 continue
             child_id = persona_id_for(child)
             if child_id in seen:  # the first occurrence, kept or quarantined, stands for it
-                filtered += 1
-                count("duplicate_in_response")
+                outcome.filter("duplicate_in_response")
                 continue
             seen.add(child_id)
-            if child_id == parent["persona_id"] or child_id == persona_id_for(parent["persona"]):
+            if child_id == row["persona_id"] or child_id == persona_id_for(row["persona"]):
                 why: str | None = "same_as_parent"
             else:
-                why = check_persona(child, examples=copies, options=filter_options)
+                why = check_persona(child, examples=self.copies, options=self.options)
             if why is not None:
-                count(why)
-                quarantine.append({**base, "relation": relation, "reason": why, "response": _raw(item)})
+                outcome.rejects.append({**base, "relation": relation, "reason": why, "response": _raw(item)})
                 continue
             kept.append({"persona_id": child_id, "persona": child, "relation": relation})
         if not kept:
-            continue
+            return outcome
         prompt_split = _split_tokens(result.prompt_tokens, len(kept))
         completion_split = _split_tokens(result.completion_tokens, len(kept))
         for child, pt, ct in zip(kept, prompt_split, completion_split):
-            nodes.append(
-                {
-                    "persona_id": child["persona_id"],
-                    "persona": child["persona"],
-                    "hop": hop,
-                    "origin": ORIGIN,
-                    "parent_id": parent["persona_id"],
-                    "relation": child["relation"],
-                    "doc_id": parent["doc_id"],
-                    "source": parent["source"],
-                    "model": result.model,
-                    "template": template.ref,
-                    "params": params_json,
-                    "prompt_tokens": pt,
-                    "completion_tokens": ct,
-                    "cached": result.cached,
-                }
-            )
-            edges.append(
-                {
-                    "parent_id": parent["persona_id"],
-                    "child_id": child["persona_id"],
-                    "relation": child["relation"],
-                    "hop": hop,
-                    "model": result.model,
-                    "template": template.ref,
-                }
-            )
-    ShardCounts(rows_in, len(nodes), filtered, len(quarantine)).check("persona_to_persona rows")
-    return nodes, edges, quarantine, reasons
-
-
-def counts_of(nodes: list, quarantine: list, reasons: Mapping[str, int]) -> ShardCounts:
-    """The shard's counts from its rows and reasons (see the module docstring)."""
-    filtered = sum(n for r, n in reasons.items() if r in FILTERED_REASONS)
-    return ShardCounts(rows_in=len(nodes) + filtered + len(quarantine), rows_out=len(nodes),
-                       filtered=filtered, quarantined=len(quarantine))
-
-
-async def persona_to_persona_shard(
-    checkpoint: StageCheckpoint,
-    store: Store,
-    gateway: LLMGateway,
-    template: PromptTemplate,
-    shard_id: str,
-    frontier_file: str,
-    hop: int,
-    k: int,
-    params: Mapping[str, Any],
-    filter_options: PersonaFilterOptions = PersonaFilterOptions(),
-) -> dict[str, Any]:
-    """Nodes, edges and quarantine of one frontier shard; returns counts, token usage and reasons."""
-    parents = store.read_parquet(frontier_file, columns=["persona_id", "persona", "doc_id", "source"])
-    nodes, edges, quarantine, reasons = await expand_personas(
-        gateway, template, parents, hop, k, params, filter_options
-    )
-    counts = counts_of(nodes, quarantine, reasons)
-    usage = gateway.usage.as_dict()
-    checkpoint.write_shard(
-        shard_id,
-        {
-            "data": pa.Table.from_pylist(nodes, schema=NODE_SCHEMA),
-            "edges": pa.Table.from_pylist(edges, schema=EDGE_SCHEMA),
-            "quarantine": pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA),
-        },
-        counts,
-        extra={"usage": usage, "reasons": reasons, "parents": parents.num_rows},
-    )
-    return {"shard_id": shard_id, "counts": counts.__dict__, "usage": usage, "reasons": reasons}
+            outcome.keep("data", {
+                "persona_id": child["persona_id"], "persona": child["persona"], "hop": self.hop, "origin": ORIGIN,
+                "parent_id": row["persona_id"], "relation": child["relation"], "doc_id": row["doc_id"],
+                "source": row["source"], "model": result.model, "template": self.template.ref,
+                "params": self.params_json, "prompt_tokens": pt, "completion_tokens": ct, "cached": result.cached,
+            })
+            outcome.keep("edges", {
+                "parent_id": row["persona_id"], "child_id": child["persona_id"], "relation": child["relation"],
+                "hop": self.hop, "model": result.model, "template": self.template.ref,
+            })
+        return outcome
 
 
 def filter_options_from(value: Any) -> PersonaFilterOptions:
@@ -377,30 +301,3 @@ def filter_options_from(value: Any) -> PersonaFilterOptions:
 
 def stage_name(hop: int) -> str:
     return f"persona_to_persona_h{hop}"
-
-
-@task(name="persona-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE,
-      retry_condition_fn=retry_unless_endpoint_down)
-async def persona_to_persona_task(
-    ctx: RunContext, params: dict[str, Any], shard_id: str, frontier_file: str, llm: dict[str, Any]
-) -> dict[str, Any]:
-    """Prefect task: one hop's expansion of one frontier shard. `params` (plain JSON, hashed into
-    the checkpoint) holds template, hop, k, sampling and optionally filters (PersonaFilterOptions
-    fields); `llm` holds base_url, model and concurrency (never a key: the worker's own settings
-    supply it)."""
-    template = load_template(params["template"])
-    gateway = LLMGateway.for_worker(llm, ctx.store)
-    hop = int(params["hop"])
-    async with gateway:
-        return await persona_to_persona_shard(
-            ctx.checkpoint(stage_name(hop), params),
-            ctx.store,
-            gateway,
-            template,
-            shard_id,
-            frontier_file,
-            hop,
-            int(params["k"]),
-            params["sampling"],
-            filter_options_from(params.get("filters")),
-        )

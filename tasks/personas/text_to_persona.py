@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
-from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
-from personahub.tasks.llm.gateway import ChatRequest, ChatResult, LLMGateway
+from personahub.tasks.llm.gateway import ChatRequest, ChatResult
+from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.personas.filters import (
     DEFAULT_OPTIONS,
     PersonaFilterOptions,
     check_persona,
     normalise_persona,
 )
-from personahub.tasks.llm.templates import PromptTemplate, load_template
-from personahub.tasks.core.run_context import RunContext
-from personahub.tasks.core.store import Store
+from personahub.tasks.llm.templates import PromptTemplate
 
 PERSONA_SCHEMA = pa.schema(
     [
@@ -115,115 +111,47 @@ def validate_persona(
     return persona, None
 
 
-async def personas_for_documents(
-    gateway: LLMGateway,
-    template: PromptTemplate,
-    docs: pa.Table,
-    relations: list[str],
-    max_doc_chars: int,
-    params: dict[str, Any],
-    options: PersonaFilterOptions = DEFAULT_OPTIONS,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Persona rows and rejected rows for a table of documents."""
-    rows = docs.select(["doc_id", "source", "text"]).to_pylist()
-    jobs = [(doc, relation) for doc in rows for relation in relations]
-    requests = [build_request(template, doc["text"], rel, max_doc_chars, params) for doc, rel in jobs]
-    results = await gateway.chat_many(requests)
-    params_json = json.dumps(params, sort_keys=True)
-    copies = example_personas(template)
-    personas: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    for (doc, relation), result in zip(jobs, results):
-        # Echoes are looked for in what the model saw, not in the whole (possibly huge) document.
-        persona, reason = validate_persona(result, doc["text"][:max_doc_chars], copies, options)
-        if persona is None:
-            rejected.append(
-                {
-                    "doc_id": doc["doc_id"],
-                    "source": doc["source"],
-                    "relation": relation,
-                    "reason": reason if result.error is None else f"llm_error: {result.error[:300]}",
-                    "response": result.text,
-                    "model": result.model,
-                    "template": template.ref,
-                }
-            )
-            continue
-        personas.append(
-            {
-                "persona_id": persona_id_for(persona),
-                "persona": persona,
-                "hop": 0,
-                "origin": "text_to_persona",
-                "parent_id": None,
-                "relation": relation,
-                "doc_id": doc["doc_id"],
-                "source": doc["source"],
-                "model": result.model,
-                "template": template.ref,
-                "params": params_json,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
+class TextToPersona(LLMStage):
+    """Text-to-Persona as an LLM stage: one request per (document, relation).
+
+    Parameters (hashed into the checkpoint): relations, max_doc_chars, sampling, filters, mode.
+    """
+
+    name = "text-to-persona"
+    template_task = "text_to_persona"
+    columns = ["doc_id", "source", "text"]
+    outputs = {"data": PERSONA_SCHEMA}
+    quarantine = REJECT_SCHEMA
+
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.relations: list[str] = list(self.params["relations"])
+        self.max_doc_chars = int(self.params["max_doc_chars"])
+        self.options = PersonaFilterOptions.from_dict(dict(self.params.get("filters") or {}))
+        self.copies = example_personas(self.template)
+        self.params_json = json.dumps(self.sampling, sort_keys=True)
+
+    def requests(self, row: dict[str, Any]) -> list[ChatRequest]:
+        return [build_request(self.template, row["text"], relation, self.max_doc_chars, self.sampling)
+                for relation in self.relations]
+
+    def parse(self, row: dict[str, Any], results: list[ChatResult]) -> Outcome:
+        outcome = Outcome(rows_in=len(results))
+        for relation, result in zip(self.relations, results):
+            # Echoes are looked for in what the model saw, not in the whole (possibly huge) document.
+            persona, reason = validate_persona(result, row["text"][: self.max_doc_chars], self.copies, self.options)
+            if persona is None:
+                outcome.rejects.append({
+                    "doc_id": row["doc_id"], "source": row["source"], "relation": relation,
+                    "reason": self.llm_error(result) if result.error is not None else reason,
+                    "response": result.text, "model": result.model, "template": self.template.ref,
+                })
+                continue
+            outcome.keep("data", {
+                "persona_id": persona_id_for(persona), "persona": persona, "hop": 0, "origin": "text_to_persona",
+                "parent_id": None, "relation": relation, "doc_id": row["doc_id"], "source": row["source"],
+                "model": result.model, "template": self.template.ref, "params": self.params_json,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                 "cached": result.cached,
-            }
-        )
-    return personas, rejected
-
-
-async def text_to_persona_shard(
-    checkpoint: StageCheckpoint,
-    store: Store,
-    gateway: LLMGateway,
-    template: PromptTemplate,
-    shard_id: str,
-    docs_file: str,
-    relations: list[str],
-    max_doc_chars: int,
-    params: dict[str, Any],
-    options: PersonaFilterOptions = DEFAULT_OPTIONS,
-) -> dict[str, Any]:
-    """Persona and quarantine tables for one document shard; returns counts and token usage."""
-    docs = store.read_parquet(docs_file, columns=["doc_id", "source", "text"])
-    personas, rejected = await personas_for_documents(gateway, template, docs, relations, max_doc_chars, params, options)
-    counts = ShardCounts(
-        rows_in=docs.num_rows * len(relations), rows_out=len(personas), filtered=0, quarantined=len(rejected)
-    )
-    reasons: dict[str, int] = {}
-    for row in rejected:
-        key = row["reason"].split(":", 1)[0]
-        reasons[key] = reasons.get(key, 0) + 1
-    usage = gateway.usage.as_dict()
-    checkpoint.write_shard(
-        shard_id,
-        {
-            "data": pa.Table.from_pylist(personas, schema=PERSONA_SCHEMA),
-            "quarantine": pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA),
-        },
-        counts,
-        extra={"usage": usage, "reasons": reasons},
-    )
-    return {"shard_id": shard_id, "counts": counts.__dict__, "usage": usage, "reasons": reasons}
-
-
-@task(name="text-to-persona", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE,
-      retry_condition_fn=retry_unless_endpoint_down)
-async def text_to_persona_task(
-    ctx: RunContext, params: dict[str, Any], shard_id: str, docs_file: str, llm: dict[str, Any]
-) -> dict[str, Any]:
-    """Prefect task: personas for one document shard. `llm` holds base_url, model and concurrency
-    (never a key: the worker's own settings supply it)."""
-    template = load_template(params["template"])
-    gateway = LLMGateway.for_worker(llm, ctx.store)
-    async with gateway:
-        return await text_to_persona_shard(
-            ctx.checkpoint("text_to_persona", params),
-            ctx.store,
-            gateway,
-            template,
-            shard_id,
-            docs_file,
-            params["relations"],
-            params["max_doc_chars"],
-            params["sampling"],
-            PersonaFilterOptions.from_dict(dict(params.get("filters") or {})),
-        )
+            })
+        return outcome

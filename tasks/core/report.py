@@ -1,0 +1,43 @@
+"""The per-stage report, rendered once: the Prefect artifact's Markdown table and the CLI's table
+(rich) come from the same rows.
+
+Input is a flow summary's "stages" list (StageReport.as_dict()), so the CLI renders what a flow
+returned, wherever it ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.table import Table
+
+COLUMNS = ("stage", "shards (run now)", "in", "out", "filtered", "quarantined", "reasons", "LLM calls", "tokens")
+
+
+def stage_rows(stages: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """One row of strings per stage, in COLUMNS order."""
+    rows = []
+    for s in stages:
+        c, u = s["counts"], s["usage"]
+        run_now = "skipped" if s["skipped"] else str(s["shards_run"])
+        calls, tokens = (str(u.get("calls", 0)), str(u.get("total_tokens", 0))) if u else ("-", "-")
+        reasons = ", ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"
+        rows.append([s["stage"], f"{s['shards']} ({run_now})", str(c["rows_in"]), str(c["rows_out"]),
+                     str(c["filtered"]), str(c["quarantined"]), reasons, calls, tokens])
+    return rows
+
+
+def stages_markdown(stages: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table as Markdown lines (the flows' summary artifacts)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in stage_rows(stages)]
+    return lines
+
+
+def stages_table(stages: Sequence[Mapping[str, Any]]) -> Table:
+    """The same table for a terminal."""
+    table = Table(*COLUMNS, show_lines=False)
+    for row in stage_rows(stages):
+        table.add_row(*row)
+    return table
