@@ -244,17 +244,6 @@ def test_filter_personas_counts() -> None:
     assert sum(counts.values()) + len(kept) == len(texts)
 
 
-def test_fast() -> None:
-    texts = GOOD + [t for t, _ in JUNK]
-    check_persona("A recipe for sourdough bread with a long cold proof")  # loads the language model once
-    start = time.perf_counter()
-    for _ in range(20):
-        for text in texts:
-            check_persona(text)
-    rate = 20 * len(texts) / (time.perf_counter() - start)
-    assert rate > 1000, f"{rate:.0f} personas/s"  # measured ~4,000-9,000/s on a shared 2-core machine
-
-
 # --- Persona Hub's real personas -----------------------------------------------------------------------
 @pytest.mark.skipif(not REAL_PERSONAS.is_file(), reason=f"{REAL_PERSONAS} not present")
 def test_real_persona_hub_personas_pass() -> None:

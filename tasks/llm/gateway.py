@@ -8,15 +8,16 @@ It owns, in one place, what each stage would otherwise get subtly wrong:
   connection resets; every other error is final and reported in the result, never raised,
 * a circuit breaker (tasks/llm/endpoint_breaker.py): an endpoint that refuses connections, the key or
   the model, or fails `max_consecutive_failures` calls in a row, raises EndpointDown at once,
-* a content-addressed response cache under the store (model + messages + params + template
-  version + schema → raw response), so a rerun never pays for the same call twice,
+* a content-addressed response cache under the store (tasks/llm/cache.py: model + messages +
+  params + template version + schema → raw response), so a rerun never pays for the same call twice,
 * token accounting (`Usage`) so each stage can report what it spent,
 * JSON-schema structured output where the endpoint supports it, lenient JSON parsing otherwise,
 * embeddings (`embed_many`): batched /v1/embeddings requests under the same concurrency, retries,
   cache (one entry per batch, vectors as base64 float32) and accounting, L2-normalised here.
 
-Secrets: the API key never goes into logs, cache files or error strings; errors carry only the
-HTTP status and the endpoint (base URL without credentials or query).
+Secrets (tasks/llm/secrets.py): the API key never goes into logs, cache files or error strings;
+errors carry only the HTTP status and the endpoint (base URL without credentials or query). What goes
+in and comes out (ChatRequest, ChatResult, Usage, ...) is in tasks/llm/requests.py.
 """
 
 from __future__ import annotations
@@ -25,14 +26,12 @@ import asyncio
 import base64
 import concurrent.futures
 import copy
-import hashlib
 import json
 import logging
-import re
 import threading
 import time
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -41,18 +40,16 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from personahub.tasks.core.http import endpoint_label, retry_after_s
+from personahub.tasks.llm.cache import CACHE_FORMAT, EMBEDDING_CACHE_FORMAT, ResponseCache, cache_key, embedding_cache_key
 from personahub.tasks.llm.concurrency import limit_for
 from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm.json_parsing import parse_json_lenient
+from personahub.tasks.llm.requests import ChatRequest, ChatResult, EmbeddingResult, LLMError, Usage
+from personahub.tasks.llm.secrets import PLACEHOLDER_API_KEY, scrub
 from personahub.tasks.core.store import Store
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
-# Part of every embedding cache key: bump it when what an entry holds changes meaning.
-EMBEDDING_CACHE_FORMAT = 1
-# Local servers (llama-server, vLLM without --api-key) ignore the key but the SDK insists on one.
-PLACEHOLDER_API_KEY = "not-needed"
 # A server may ask for a long pause; honour it, but never sleep for more than this per retry.
 MAX_RETRY_AFTER_S = 120.0
 
@@ -64,153 +61,6 @@ _SDK_PARAMS = frozenset(
         "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "user",
     }
 )
-
-
-# --- requests, results, usage -------------------------------------------------------------------
-
-
-def _normalise_messages(messages: Any) -> tuple[tuple[str, str], ...]:
-    out = []
-    for message in messages:
-        if isinstance(message, Mapping):
-            role, content = message["role"], message["content"]
-        else:
-            role, content = message
-        if not isinstance(role, str) or not isinstance(content, str):
-            raise TypeError("each message needs a str role and a str content")
-        out.append((role, content))
-    if not out:
-        raise ValueError("a chat request needs at least one message")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One chat completion. `messages` may be given as [{"role", "content"}, ...] (what
-    PromptTemplate.render returns) or as (role, content) pairs; it is stored as a tuple of pairs."""
-
-    messages: tuple[tuple[str, str], ...]
-    template: str  # "<template name>@<template version>": part of the cache key
-    params: Mapping[str, Any] = field(default_factory=dict)  # temperature, max_tokens, top_p, seed, ...
-    json_schema: Mapping[str, Any] | None = None  # desired output shape; None = free text
-    schema_name: str = "output"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "messages", _normalise_messages(self.messages))
-        object.__setattr__(self, "params", dict(self.params or {}))
-
-    def message_dicts(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.messages]
-
-
-@dataclass
-class ChatResult:
-    key: str  # cache key (sha256 hex)
-    text: str | None  # raw completion text; None when the call failed
-    data: Any | None  # parsed JSON when json_schema was given and parsing succeeded
-    parse_error: str | None  # why lenient parsing failed (text is kept)
-    error: str | None  # final failure after retries, e.g. "HTTP 400 from http://host/v1: ..."
-    model: str
-    finish_reason: str | None
-    prompt_tokens: int  # for a cache hit: what the original call cost
-    completion_tokens: int
-    cached: bool
-
-    @property
-    def ok(self) -> bool:
-        """The call produced text (and, when a schema was asked for, that text parsed)."""
-        return self.error is None and self.text is not None and self.parse_error is None
-
-
-@dataclass
-class Usage:
-    """What a gateway (or a stage) spent. `calls`: requests sent to the endpoint (a request's
-    retries count once here, and each in `retries`); `cache_hits`: requests answered without a
-    call (from the cache, or by an identical request in flight at the same time); `failures`:
-    results that carry an error. Tokens are those of new calls only: what this run paid for."""
-
-    calls: int = 0
-    cache_hits: int = 0
-    failures: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def add(self, other: "Usage") -> "Usage":
-        """Add `other` into self (in place) and return self."""
-        for name in _USAGE_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        return self
-
-    def __add__(self, other: "Usage") -> "Usage":
-        return self.copy().add(other)
-
-    def __sub__(self, other: "Usage") -> "Usage":
-        """What was spent since `other` (a copy taken earlier): a stage's share of a shared gateway."""
-        return Usage(**{name: getattr(self, name) - getattr(other, name) for name in _USAGE_FIELDS})
-
-    def copy(self) -> "Usage":
-        return Usage(**asdict(self))
-
-    def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "total_tokens": self.total_tokens}
-
-    @classmethod
-    def merge(cls, usages: Sequence["Usage"]) -> "Usage":
-        total = cls()
-        for usage in usages:
-            total.add(usage)
-        return total
-
-
-_USAGE_FIELDS = ("calls", "cache_hits", "failures", "retries", "prompt_tokens", "completion_tokens")
-
-
-class LLMError(RuntimeError):
-    """A failure the gateway could not turn into a result (e.g. no model name); secret-free."""
-
-
-@dataclass
-class EmbeddingResult:
-    """Vectors of `embed_many`'s texts, in their order: float32 (n, dim), each row of unit length
-    (a zero vector stays zero); (0, 0) for no texts. `usage`: what this one call spent."""
-
-    vectors: np.ndarray
-    model: str
-    usage: Usage
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-
-# --- cache keys ---------------------------------------------------------------------------------
-
-
-def cache_key(model: str, req: ChatRequest) -> str:
-    """sha256 of the canonical JSON of everything that determines the response. The model is part
-    of it because the embedded and a remote endpoint answer the same prompt differently."""
-    payload = {
-        "model": model,
-        "messages": [list(m) for m in req.messages],
-        "params": dict(req.params),
-        "template": req.template,
-        "json_schema": req.json_schema,
-    }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def embedding_cache_key(model: str, texts: Sequence[str]) -> str:
-    """sha256 of one embedding request: model + the batch's texts, in order, + the entry format.
-    "kind" keeps it apart from every chat key."""
-    payload = {"kind": "embeddings", "format": EMBEDDING_CACHE_FORMAT, "model": model, "input": list(texts)}
-    canonical = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _pack_vectors(vectors: np.ndarray) -> str:
@@ -240,15 +90,6 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 class _BadEmbeddingResponse(ValueError):
     """The endpoint answered 200 with something that is not one vector per input."""
-
-
-# --- errors and secrets -------------------------------------------------------------------------
-
-
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)bearer\s+\S+"),
-    re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),  # OpenAI-style keys, also partly masked ones
-)
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
@@ -382,7 +223,7 @@ class LLMGateway:
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.structured_output = bool(structured_output)
-        self.cache_prefix = cache_prefix.strip("/")
+        self.cache = ResponseCache(store, cache_prefix, scrub=self._scrub)
         self.usage = Usage()
         self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
         self.limit = limit_for(self.base_url, self.max_concurrency)
@@ -491,12 +332,7 @@ class LLMGateway:
     # --- helpers --------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         """Remove anything key-like from text that may reach a log, a result or an exception."""
-        key = self.__api_key
-        if key and key != PLACEHOLDER_API_KEY:
-            text = text.replace(key, "***")
-        for pattern in _SECRET_PATTERNS:
-            text = pattern.sub("***", text)
-        return text
+        return scrub(text, self.__api_key)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, openai.APIStatusError):
@@ -532,39 +368,6 @@ class LLMGateway:
             before_sleep=before_sleep,
             reraise=True,
         )
-
-    def _cache_path(self, key: str) -> str:
-        return f"{self.cache_prefix}/{key[:2]}/{key}.json"
-
-    async def _cache_read(self, key: str, *, kind: str = "chat") -> dict[str, Any] | None:
-        if self.store is None:
-            return None
-        path = self._cache_path(key)
-        try:
-            # Store I/O is blocking (s3fs, fsync): keep it off the event loop.
-            entry = await asyncio.to_thread(self.store.read_json, path)
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # noqa: BLE001 - an unreadable entry is a miss, not a failure
-            log.warning("ignoring unreadable LLM cache entry %s: %s", path, type(exc).__name__)
-            return None
-        if not isinstance(entry, dict):
-            return None
-        if kind == "embeddings":
-            valid = (entry.get("kind") == "embeddings" and entry.get("format") == EMBEDDING_CACHE_FORMAT
-                     and isinstance(entry.get("vectors"), str) and isinstance(entry.get("count"), int)
-                     and isinstance(entry.get("dim"), int))
-        else:
-            valid = entry.get("format") == CACHE_FORMAT and isinstance(entry.get("text"), str)
-        return entry if valid else None
-
-    async def _cache_write(self, key: str, entry: dict[str, Any]) -> None:
-        if self.store is None:
-            return
-        try:
-            await asyncio.to_thread(self.store.write_json, self._cache_path(key), entry)
-        except Exception as exc:  # noqa: BLE001 - the answer is still good; the next run pays again
-            log.warning("could not write LLM cache entry %s: %s", self._cache_path(key), self._scrub(str(exc)))
 
     # --- public API -----------------------------------------------------------------------------
     async def model_name(self) -> str:
@@ -604,7 +407,7 @@ class LLMGateway:
             return ChatResult("", None, None, None, str(exc), self.model or "", None, 0, 0, False)
         key = cache_key(model, req)
 
-        entry = await self._cache_read(key)
+        entry = await self.cache.read(key)
         if entry is not None:
             self._count(cache_hits=1)
             return self._result(req, key, model, entry, cached=True)
@@ -674,7 +477,7 @@ class LLMGateway:
             )
         # Raw text is cached even when it does not parse: the call was paid for, and parsing is
         # redone on every read, so a better parser needs no new calls.
-        await self._cache_write(key, entry)
+        await self.cache.write(key, entry)
         return self._result(req, key, model, entry, cached=False)
 
     async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
@@ -750,12 +553,12 @@ class LLMGateway:
     async def _embed_batch(self, state: _LoopState, model: str, key: str, batch: list[str], usage: Usage) -> np.ndarray:
         """One batch's raw vectors (count x dim float32): from the cache, else the endpoint.
         Raises LLMError (secret-free) when the endpoint fails after retries."""
-        entry = await self._cache_read(key, kind="embeddings")
+        entry = await self.cache.read(key, kind="embeddings")
         if entry is not None and entry["count"] == len(batch):
             try:
                 vectors = _unpack_vectors(entry["vectors"], entry["count"], entry["dim"])
             except ValueError as exc:
-                log.warning("ignoring corrupt embedding cache entry %s: %s", self._cache_path(key), exc)
+                log.warning("ignoring corrupt embedding cache entry %s: %s", self.cache.path(key), exc)
             else:
                 self._count(usage, cache_hits=1)
                 return vectors
@@ -778,7 +581,7 @@ class LLMGateway:
 
         prompt_tokens = int(getattr(getattr(response, "usage", None), "prompt_tokens", 0) or 0)
         self._count(usage, prompt_tokens=prompt_tokens)
-        await self._cache_write(key, {
+        await self.cache.write(key, {
             "format": EMBEDDING_CACHE_FORMAT,
             "kind": "embeddings",
             "model": model,

@@ -29,7 +29,8 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks.core.checkpoint import ShardCounts
 from personahub.tasks.core.stage import RowRange, StageRef
 from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
-from personahub.tasks.llm.gateway import ChatRequest, ChatResult, LLMGateway
+from personahub.tasks.llm.gateway import LLMGateway
+from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.templates import PromptTemplate, load_template
 
 DATA = "data"

@@ -34,7 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from personahub.tasks.llm.gateway import ChatRequest, ChatResult
+from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.llm.json_parsing import parse_json_lenient
 from personahub.tasks.personas.filters import PersonaFilterOptions, check_persona

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from personahub.tasks.llm.gateway import ChatRequest, ChatResult
+from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.personas.filters import (
     DEFAULT_OPTIONS,
