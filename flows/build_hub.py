@@ -153,7 +153,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     store = run_ctx.store
     get_run_logger().info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
-    base = HubBase.of(publish.base_version(store, params.hub, run_id))
+    base = HubBase.of(publish.base_version_task(run_ctx, params.hub))
     filters = filter_options(params.filters)
     model = resolve_model(settings)
     reports: list[StageReport] = []

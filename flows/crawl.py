@@ -46,7 +46,7 @@ def crawl_stages(
     rows_per_bucket: int, bytes_per_bucket: int = 128_000_000,
 ) -> tuple[Manifest, list[StageReport]]:
     """Run both crawl passes; returns (the documents' manifest, the stage reports)."""
-    files = crawl_stage.plan_shards(crawl_stage.expand_sources(sources))
+    files = crawl_stage.plan_sources_task(sources)
     read = run(run_ctx, Stage("crawl", params.model_dump(mode="json"), files, crawl_stage.crawl_task))
     threshold = None
     if max_docs is not None:

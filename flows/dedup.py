@@ -19,6 +19,7 @@ from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParam
 from personahub.flows.stage_runner import TASK_WORKERS, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.personas import input_files as persona_input
+from personahub.tasks.crawl import plan_sources_task
 from personahub.tasks.hub import publish
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.stage import Stage
@@ -52,7 +53,7 @@ def dedup(params: DedupFlowParams) -> dict[str, Any]:
     """Deduplicate persona files: MinHash (Jaccard), then embeddings (cosine); counts per stage."""
     settings = load_settings(store=params.store, embedding_base_url=params.embedding_base_url,
                              embedding_model=params.embedding_model)
-    shards = persona_input.plan_persona_shards(params.paths)
+    shards = plan_sources_task(params.paths, persona_input.FORMATS)
     run_id = params.run_id or dedup_run_id(params, list(shards))
     ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     logger = get_run_logger()
@@ -63,8 +64,7 @@ def dedup(params: DedupFlowParams) -> dict[str, Any]:
 
     if params.publish and not params.hub:
         raise ValueError("publish needs a hub name")
-    base = HubBase.of(publish.base_version(ctx.store, params.hub, run_id) if params.hub else None,
-                      reuse=params.reuse_hub_index)
+    base = HubBase.of(publish.base_version_task(ctx, params.hub), reuse=params.reuse_hub_index)
     final, dedup_reports, index_parts = dedup_stages(ctx, settings, personas.manifest, params.minhash, params.embedding, base)
     reports.extend(dedup_reports)
     version = None

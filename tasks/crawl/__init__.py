@@ -101,6 +101,12 @@ def expand_sources(sources: list[str], suffixes: tuple[str, ...] | None = None) 
     return sorted(found)
 
 
+@task(name="plan-shards", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def plan_sources_task(sources: list[str], suffixes: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Prefect task: shard id → file for every supported file under `sources` (it lists the store)."""
+    return plan_shards(expand_sources(sources, suffixes))
+
+
 def plan_shards(files: list[str]) -> dict[str, str]:
     """Shard id → file: one shard per file, its id from the file's path, size and mtime."""
     shards = {}

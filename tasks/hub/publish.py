@@ -22,6 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.checkpoint import ShardCounts
+from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
 from personahub.tasks.hub.index import write_index
@@ -128,6 +129,12 @@ def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[st
                                                    previous))
     stage.checkpoint.write_shard(shard_id, {}, ShardCounts(rows_in=rows, rows_out=rows), extra={"hub_manifest": manifest})
     return {"version": manifest["version"]}
+
+
+@task(name="hub-base-version", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def base_version_task(run: RunContext, hub: str | None) -> dict[str, Any] | None:
+    """Prefect task: the hub version this run deduplicates against (None without a hub)."""
+    return base_version(run.store, hub, run.run_id) if hub else None
 
 
 def base_version(store: Store, hub: str, run_id: str) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.crawl import expand_sources, plan_shards
 from personahub.tasks.core.stage import StageRef
 
 BATCH_ROWS = 50_000
@@ -131,11 +130,6 @@ def _parse(item: Any, text_column: str | None) -> tuple[str | None, str | None, 
     ident = next((str(item[c]) for c in ID_COLUMNS if item.get(c) is not None), None)
     extra = {k: v for k, v in item.items() if k != column and k not in ID_COLUMNS}
     return None, None, text.strip(), ident, extra
-
-
-def plan_persona_shards(paths: list[str]) -> dict[str, str]:
-    """Shard id → file: the crawl's planning (expanded globs, one id per path + size + mtime)."""
-    return plan_shards(expand_sources(paths, FORMATS))
 
 
 @task(name="persona-input", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
