@@ -104,3 +104,19 @@ def test_examples_must_have_vars_and_answer() -> None:
         parse_template(base + b"examples: 'not a list'\n", "not-list")
     ok = parse_template(base + b"examples:\n  - vars: {text: demo}\n    answer: A\n", "ok")
     assert [m["content"] for m in ok.render(text="real")] == ["Q demo", "A", "Q real"]
+
+
+def test_a_prompts_folder_overrides_the_shipped_files(tmp_path, monkeypatch) -> None:
+    shipped = load_template("text_to_persona")
+    own = tmp_path / "text_to_persona"
+    own.mkdir()
+    (own / "few-shot.yaml").write_bytes(shipped_bytes().replace(b"one specific kind", b"one kind"))
+    (own / "zero-shot.yaml").write_bytes(shipped_bytes())  # says few-shot inside
+    monkeypatch.setenv("PERSONAHUB_PROMPTS_DIR", str(tmp_path))
+    mine = load_template("text_to_persona")
+    assert mine.version != shipped.version and "one kind" in mine.system
+    assert load_template("persona_to_persona").name == "persona_to_persona"  # not in the folder: shipped
+    with pytest.raises(ValueError, match="says mode 'few-shot'"):
+        load_template("text_to_persona", "zero-shot")
+    monkeypatch.delenv("PERSONAHUB_PROMPTS_DIR")
+    assert load_template("text_to_persona") is shipped
