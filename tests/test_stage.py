@@ -194,3 +194,33 @@ def test_markdown_and_terminal_tables_show_the_same_rows() -> None:
     text = console.export_text()
     for cell in ("crawl", "3 (2)", "too_short: 4", "1 (skipped)", "900"):
         assert cell in text
+
+
+FAIL_ONCE: set[str] = set()
+
+
+@task(name="test-flaky-shard", cache_policy=NO_CACHE)
+def flaky_task(stage: StageRef, shard_id: str, rows: int) -> dict:
+    if shard_id in FAIL_ONCE:
+        FAIL_ONCE.discard(shard_id)
+        raise RuntimeError(f"{shard_id} broke")
+    stage.checkpoint.write_shard(shard_id, {"data": pa.table({"n": list(range(rows))})}, ShardCounts(rows, rows))
+    return {}
+
+
+@flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+def flaky_stage(store_url: str) -> object:
+    return run(RunContext(store_url, None, "r2"), Stage("flaky", {}, {"s1": 1, "s2": 2, "s3": 3, "s4": 4}, flaky_task))
+
+
+def test_a_failed_shard_stops_the_stage_and_a_rerun_runs_only_it(tmp_path: Path) -> None:
+    url = str(tmp_path / "store")
+    FAIL_ONCE.clear()
+    FAIL_ONCE.add("s2")
+    with pytest.raises(RuntimeError, match="s2 broke"):
+        flaky_stage(url)
+    ref = StageRef(RunContext(url, None, "r2"), "flaky", {})
+    done = set(ref.checkpoint.done_shards())
+    assert "s2" not in done and ref.checkpoint.manifest() is None, "no manifest while a shard is missing"
+    again = flaky_stage(url)
+    assert set(again.run_now) == {"s1", "s2", "s3", "s4"} - done and again.manifest.rows() == 10
