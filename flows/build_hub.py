@@ -31,7 +31,6 @@ from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
 from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.hub import publish
 from personahub.tasks.llm.gateway import LLMGateway, Usage
-from personahub.tasks.llm.stage import llm_shard_task
 from personahub.tasks.llm.templates import PromptTemplate, load_template
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona
 from personahub.tasks.personas.text_to_persona import TextToPersona
@@ -176,7 +175,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
                                 "relations": list(params.relations),
                                 "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
-            row_ranges(docs, params.llm_shard_docs), llm_shard_task, {"llm": llm, "kind": TextToPersona},
+            row_ranges(docs, params.llm_shard_docs), TextToPersona.shard_task(), {"llm": llm, "kind": TextToPersona},
             window=params.llm_shard_parallelism))
         reports.append(personas.report())
 

@@ -15,7 +15,6 @@ from personahub.flows.stage_runner import run
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.stage import Stage, StageReport, row_ranges
-from personahub.tasks.llm.stage import llm_shard_task
 from personahub.tasks.personas.frontier import frontier_task
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona, stage_name
 
@@ -50,7 +49,7 @@ def persona_graph_stages(
             break
         expanded = run(run_ctx, Stage(
             stage_name(hop), {**llm_params, "hop": hop, "k": params.k, "input": frontier.manifest.digest()},
-            row_ranges(frontier.manifest, params.personas_per_shard, prefix="f"), llm_shard_task,
+            row_ranges(frontier.manifest, params.personas_per_shard, prefix="f"), PersonaToPersona.shard_task(),
             {"llm": llm, "kind": PersonaToPersona}, window=window))
         reports.append(expanded.report())
         manifests.append(expanded.manifest)

@@ -83,6 +83,11 @@ class LLMStage(ABC):
     def parse(self, row: dict[str, Any], results: list[ChatResult]) -> Outcome:
         """What the answers to `requests(row)` give (same order)."""
 
+    @classmethod
+    def shard_task(cls) -> Any:
+        """The one LLM shard task, named for this stage in Prefect's UI (text-to-persona, ...)."""
+        return llm_shard_task.with_options(name=cls.name)
+
     def llm_error(self, result: ChatResult) -> str:
         """A failed call's quarantine reason, with the (secret-free) error kept for the reader."""
         return f"llm_error: {(result.error or '')[:300]}"
