@@ -161,7 +161,7 @@ def _print_stages(stages: list[dict[str, Any]]) -> None:
 
     from personahub.tasks.core.report import stages_table
 
-    Console(width=max(120, shutil.get_terminal_size().columns)).print(stages_table(stages))
+    Console(width=max(124, shutil.get_terminal_size().columns)).print(stages_table(stages))
 
 
 @app.command()

@@ -37,7 +37,13 @@ def stages_markdown(stages: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def stages_table(stages: Sequence[Mapping[str, Any]]) -> Table:
     """The same table for a terminal."""
-    table = Table(*COLUMNS, show_lines=False)
+    table = Table(show_lines=False)
+    short = {"shards (run now)": "shards (run)", "LLM calls": "calls"}  # narrower headers for a terminal
+    for i, column in enumerate(COLUMNS):
+        # Stage names and numbers never wrap; the reasons column takes what width is left.
+        table.add_column(short.get(column, column), no_wrap=column != "reasons", min_width=24 if column == "reasons" else None,
+                         justify="right" if 2 <= i <= 5 or i >= 7 else "left")
     for row in stage_rows(stages):
+        row[6] = row[6].replace(", ", "\n")  # one reason a line: a terminal is narrower than a page
         table.add_row(*row)
     return table
