@@ -27,7 +27,7 @@ from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
-from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
+from personahub.tasks.core.stage import Deferred, StageReport, row_ranges
 from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.hub import publish
 from personahub.tasks.llm.gateway import LLMGateway, Usage
@@ -171,12 +171,11 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
         sampling = dict(t2p_template.params)
         sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
-        personas = run(run_ctx, Stage(
+        personas = run(run_ctx, TextToPersona.stage(
             "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
                                 "relations": list(params.relations),
                                 "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
-            row_ranges(docs, params.llm_shard_docs), TextToPersona.shard_task(), {"llm": llm, "kind": TextToPersona},
-            window=params.llm_shard_parallelism))
+            row_ranges(docs, params.llm_shard_docs), llm, params.llm_shard_parallelism))
         reports.append(personas.report())
 
         # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
@@ -198,8 +197,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     hub_manifest = publish_deduplicated(run_ctx, params.hub, kept, base, index_parts, lineage,
                                         [f for m in graph for f in m.files("edges")])
 
-    usage_now = Usage.merge([Usage(**{k: v for k, v in r.usage_now.items() if k in Usage.__dataclass_fields__})
-                             for r in reports]).as_dict()
+    usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
     summary = {
         "run_id": run_id,
         "run": store.uri(f"runs/{run_id}"),

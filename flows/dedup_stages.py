@@ -241,6 +241,6 @@ def publish_deduplicated(run_ctx: RunContext, hub: str, kept: Manifest, base: Hu
         return legacy.summary["hub_manifest"]
     published = run(run_ctx, Stage.one_shard(
         "publish", params, publish_task,
-        files=kept.files(), lineage=lineage, edge_files=edge_files or [], base=base.manifest if base else None,
+        files=kept.files(), rows=kept.rows(), lineage=lineage, edge_files=edge_files or [], base=base.manifest if base else None,
         index_parts=index_parts))
     return published.manifest.only_shard().extra["hub_manifest"]

@@ -28,7 +28,7 @@ class GraphParams(BaseModel):
 
 
 def persona_graph_stages(
-    run_ctx: RunContext, hop0: Manifest, params: GraphParams, llm: dict[str, Any], llm_params: dict[str, Any],
+    run_ctx: RunContext, hop0: Manifest, params: GraphParams, llm: Any, llm_params: dict[str, Any],
     hub_files: list[str], hub_version: str | None, window: int,
 ) -> tuple[list[Manifest], list[StageReport]]:
     """Run every hop; returns (the node manifests of hops 1.., the stage reports).
@@ -47,10 +47,9 @@ def persona_graph_stages(
         exclude_files = exclude_files + candidates.files()
         if frontier.manifest.totals.rows_out == 0:
             break
-        expanded = run(run_ctx, Stage(
+        expanded = run(run_ctx, PersonaToPersona.stage(
             stage_name(hop), {**llm_params, "hop": hop, "k": params.k, "input": frontier.manifest.digest()},
-            row_ranges(frontier.manifest, params.personas_per_shard, prefix="f"), PersonaToPersona.shard_task(),
-            {"llm": llm, "kind": PersonaToPersona}, window=window))
+            row_ranges(frontier.manifest, params.personas_per_shard, prefix="f"), llm, window))
         reports.append(expanded.report())
         manifests.append(expanded.manifest)
         candidates = expanded.manifest

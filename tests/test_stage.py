@@ -224,3 +224,15 @@ def test_a_failed_shard_stops_the_stage_and_a_rerun_runs_only_it(tmp_path: Path)
     assert "s2" not in done and ref.checkpoint.manifest() is None, "no manifest while a shard is missing"
     again = flaky_stage(url)
     assert set(again.run_now) == {"s1", "s2", "s3", "s4"} - done and again.manifest.rows() == 10
+
+
+def test_an_llm_stage_runs_the_one_shard_task_under_its_own_name() -> None:
+    from personahub.tasks.llm.stage import llm_shard_task
+    from personahub.tasks.personas.persona_to_persona import PersonaToPersona
+    from personahub.tasks.personas.text_to_persona import TextToPersona
+
+    t2p = TextToPersona.stage("text_to_persona", {"p": 1}, {"s": RowRange("f", 0, 1)}, {"base_url": "u"}, 3)
+    p2p = PersonaToPersona.stage("persona_to_persona_h1", {}, {}, {"base_url": "u"}, 2)
+    assert (t2p.task.name, p2p.task.name) == ("text-to-persona", "persona-to-persona")
+    assert t2p.task.fn is p2p.task.fn is llm_shard_task.fn
+    assert t2p.shared == {"llm": {"base_url": "u"}, "kind": TextToPersona} and t2p.window == 3

@@ -116,13 +116,12 @@ def publish_hub(
 
 
 @task(name="publish", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str], lineage: dict[str, Any],
+def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str], rows: int, lineage: dict[str, Any],
                  edge_files: list[str], base: dict[str, Any] | None, index_parts: dict[str, Any]) -> dict[str, Any]:
-    """Prefect task: the kept personas (files) as the hub's next version over `base`, with the dedup
-    index; the version's manifest is the shard's extra, so a rerun returns it instead of publishing
-    again."""
+    """Prefect task: the kept personas (files, `rows` in all) as the hub's next version over `base`,
+    with the dedup index; the version's manifest is the shard's extra, so a rerun returns it instead
+    of publishing again."""
     store = stage.store
-    rows = sum(store.read_parquet(f, columns=["persona_id"]).num_rows for f in files)
     manifest = publish_hub(
         store, stage.params["hub"], stage.run.run_id, files, lineage, edge_files, previous=base,
         index=lambda prefix, previous: write_index(store, prefix, index_parts["minhash"], index_parts.get("embedding"),

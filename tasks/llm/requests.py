@@ -100,6 +100,11 @@ class Usage:
         return {**asdict(self), "total_tokens": self.total_tokens}
 
     @classmethod
+    def from_dict(cls, values: Mapping[str, int]) -> "Usage":
+        """A Usage from its as_dict() form (derived keys such as total_tokens are left out)."""
+        return cls(**{name: int(values.get(name, 0)) for name in _USAGE_FIELDS})
+
+    @classmethod
     def merge(cls, usages: Sequence["Usage"]) -> "Usage":
         total = cls()
         for usage in usages:

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from personahub.tasks.core.checkpoint import ShardCounts
-from personahub.tasks.core.stage import RowRange, StageRef
+from personahub.tasks.core.stage import RowRange, Stage, StageRef
 from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm.gateway import LLMGateway
 from personahub.tasks.llm.requests import ChatRequest, ChatResult
@@ -84,9 +84,12 @@ class LLMStage(ABC):
         """What the answers to `requests(row)` give (same order)."""
 
     @classmethod
-    def shard_task(cls) -> Any:
-        """The one LLM shard task, named for this stage in Prefect's UI (text-to-persona, ...)."""
-        return llm_shard_task.with_options(name=cls.name)
+    def stage(cls, name: str, params: Mapping[str, Any], inputs: Mapping[str, RowRange], llm: Any,
+              window: int) -> Stage[RowRange]:
+        """This LLM stage as a Stage: the one shard task, named for it in Prefect's UI
+        (text-to-persona, ...), on `inputs`, calling the endpoint `llm` (a mapping or a Deferred one)."""
+        return Stage(name, params, inputs, llm_shard_task.with_options(name=cls.name), {"llm": llm, "kind": cls},
+                     window=window)
 
     def llm_error(self, result: ChatResult) -> str:
         """A failed call's quarantine reason, with the (secret-free) error kept for the reader."""

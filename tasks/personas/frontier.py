@@ -34,14 +34,15 @@ def read_ids(store: Store, files: list[str]) -> set[str]:
     return ids
 
 
-def select_frontier(
-    store: Store, candidate_files: list[str], exclude: set[str], max_new: int, seed: int, hop: int
-) -> pa.Table:
+def read_candidates(store: Store, files: list[str]) -> pa.Table:
+    """The previous hop's personas (the frontier's columns), every file together."""
+    parts = [store.read_parquet(f, columns=FRONTIER_COLUMNS) for f in files]
+    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in FRONTIER_COLUMNS})
+
+
+def select_frontier(candidates: pa.Table, exclude: set[str], max_new: int, seed: int, hop: int) -> pa.Table:
     """Distinct candidates not in `exclude`, at most max_new of them (seeded), in persona_id order."""
-    parts = [store.read_parquet(f, columns=FRONTIER_COLUMNS) for f in candidate_files]
-    if not parts:
-        return pa.table({c: pa.array([], pa.string()) for c in FRONTIER_COLUMNS})
-    table = pa.concat_tables(parts).sort_by([("persona_id", "ascending"), ("doc_id", "ascending")])
+    table = candidates.sort_by([("persona_id", "ascending"), ("doc_id", "ascending")])
     ids = table.column("persona_id").to_pylist()
     keep = [i for i in range(len(ids)) if (i == 0 or ids[i] != ids[i - 1]) and ids[i] not in exclude]
     table = table.take(pa.array(keep, pa.int64()))
@@ -55,10 +56,10 @@ def select_frontier(
 def frontier_shard(checkpoint: StageCheckpoint, store: Store, shard_id: str, candidate_files: list[str],
                    exclude_files: list[str], max_new: int, seed: int, hop: int) -> ShardCounts:
     """The frontier as one shard; its counts say how many candidates were not expanded."""
-    table = select_frontier(store, candidate_files, read_ids(store, exclude_files), max_new, seed, hop)
-    candidates = sum(store.read_parquet(f, columns=["persona_id"]).num_rows for f in candidate_files)
-    cut = candidates - table.num_rows
-    counts = ShardCounts(rows_in=candidates, rows_out=table.num_rows, filtered=cut)
+    candidates = read_candidates(store, candidate_files)
+    table = select_frontier(candidates, read_ids(store, exclude_files), max_new, seed, hop)
+    cut = candidates.num_rows - table.num_rows
+    counts = ShardCounts(rows_in=candidates.num_rows, rows_out=table.num_rows, filtered=cut)
     checkpoint.write_shard(shard_id, {"data": table}, counts, extra={"reasons": {"not_expanded": cut} if cut else {}})
     return counts
 
