@@ -12,7 +12,8 @@ concurrency (settings.llm_max_concurrency) from one event loop: what a client ca
 rate is measured from the server's own log: requests answered per second between a stage's first
 and last request. Documents are cut into shards of unequal size (--shard-docs and crawl buckets),
 and the frontier into shards of --personas-per-shard, so many shards of each stage are in flight.
-Embedding dedup is off: it is not what is measured.
+Embedding dedup is off: it is not what is measured. It also counts the response cache's objects
+in the store per 1,000 calls (segments, tasks/llm/cache.py).
 """
 
 from __future__ import annotations
@@ -148,6 +149,8 @@ def main() -> None:
     ap.add_argument("--parallelism", type=int, default=None, help="llm_shard_parallelism (default: the flow's)")
     ap.add_argument("--relations", default="read,write,like,dislike", help="Text-to-Persona relations (comma-separated)")
     ap.add_argument("--hops", type=int, default=1)
+    ap.add_argument("--rows-per-bucket", type=int, default=None,
+                    help="the crawl's dedup bucket (default: a third of --docs); fix it to see memory against --docs")
     args = ap.parse_args()
 
     from personahub.flows.build_hub import BuildHubParams, build_hub
@@ -166,7 +169,7 @@ def main() -> None:
     raw = asyncio.run(raw_load(base_url, n_raw, concurrency))
     params = BuildHubParams(
         corpus=[str(work / "corpus")], store=str(work / "store"), llm_base_url=base_url, llm_model="stand-in",
-        llm_shard_docs=args.shard_docs, rows_per_bucket=max(1, args.docs // 3),
+        llm_shard_docs=args.shard_docs, rows_per_bucket=args.rows_per_bucket or max(1, args.docs // 3),
         **({"llm_shard_parallelism": args.parallelism} if args.parallelism else {}),
         relations=relations, graph=GraphParams(hops=args.hops, k=3, max_new_per_hop=args.max_new_per_hop, personas_per_shard=args.personas_per_shard),
         embedding=EmbeddingParams(enabled=False))
@@ -185,6 +188,11 @@ def main() -> None:
         n, rate = server.rate(kind)
         print(f"{stage}: {stages[stage]['shards']} shards, {n} requests, {rate:.1f} requests/s = "
               f"{100 * rate / raw:.1f}% of the raw generator")
+    calls = sum(1 for line in open(server.log_path) if line.split()[:1] in (["t2p"], ["p2p"]))
+    objects = [p for p in (work / "store" / "cache").rglob("*") if p.is_file()]
+    print(f"response cache: {len(objects)} objects in the store for {calls} calls = "
+          f"{1000 * len(objects) / max(calls, 1):.1f} objects per 1,000 calls "
+          f"(llm_cache_flush_every {load_settings().llm_cache_flush_every})")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"build wall time {wall:.1f} s, {summary['personas']} personas, peak RSS of the flow's process {peak_mb:.0f} MB")
 

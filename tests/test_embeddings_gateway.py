@@ -4,6 +4,7 @@ cache, retries, accounting, normalisation, secrets, and the embedding settings a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def test_second_call_is_served_from_the_cache(server, store):
     assert again.usage.calls == 0 and again.usage.cache_hits == 3 and again.usage.prompt_tokens == 0
     np.testing.assert_array_equal(first.vectors, again.vectors)
     key = embedding_cache_key(MODEL, items[:4])
-    entry = store.read_json(f"cache/llm/{key[:2]}/{key}.json")
+    segments = [store.read_parquet(path) for path in store.list("cache/llm/segments")]
+    entries = {k: json.loads(raw) for table in segments for k, raw in zip(table["key"].to_pylist(), table["entry"].to_pylist())}
+    assert len(segments) == 1  # one embed_many call, one segment (not one object per batch)
+    entry = entries[key]
     assert entry["kind"] == "embeddings" and entry["model"] == MODEL and (entry["count"], entry["dim"]) == (4, 384)
     assert isinstance(entry["vectors"], str)  # base64 float32, not a list of floats
     other = gateway(server, store).embed_many(items, model="another-embedder", batch_size=4)

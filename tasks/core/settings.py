@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         10, ge=1, description="Calls in a row that still fail after their retries before the run stops "
         "(a refused connection, key or model stops it at once)")
     llm_structured_output: bool = Field(True, description="Ask for JSON-schema output where the endpoint supports it")
+    llm_cache_flush_every: int = Field(
+        500, ge=1, description="Answers per cache segment: a kill loses fewer than this many per LLM shard in flight")
+    llm_cache_flush_seconds: float = Field(
+        60.0, ge=0, description="Age of the oldest unflushed answer that writes a cache segment")
 
     # Embeddings (the embedding dedup stage). No base URL means: start the embedded all-MiniLM-L6-v2
     # server for the run (tasks/serving/embedding_server.py).

@@ -113,20 +113,30 @@ class Store:
 
     def list(self, rel: str) -> list[str]:
         """Relative paths of the files directly under `rel` (empty when it does not exist)."""
+        return list(self.sizes(rel))
+
+    def sizes(self, rel: str) -> dict[str, int]:
+        """Like `list`, with each file's size in bytes (one listing call)."""
         path = self.full(rel)
         self.fs.invalidate_cache(path)  # before exists(): a cached listing may predate our writes
         if not self.fs.exists(path):
-            return []
+            return {}
         prefix = f"{rel.strip('/')}/" if rel.strip("/") else ""
-        out = []
+        out = {}
         for entry in self.fs.ls(path, detail=True):
-            if entry["type"] != "file":
-                continue
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith(".") and name.endswith(".tmp"):
-                continue
-            out.append(f"{prefix}{name}")
-        return sorted(out)
+            if entry["type"] == "file" and not (name.startswith(".") and name.endswith(".tmp")):
+                out[f"{prefix}{name}"] = int(entry.get("size") or 0)
+        return dict(sorted(out.items()))
+
+    def subdirs(self, rel: str) -> list[str]:
+        """Names of the folders directly under `rel` (on an object store: the common prefixes)."""
+        path = self.full(rel)
+        self.fs.invalidate_cache(path)
+        if not self.fs.exists(path):
+            return []
+        return sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1]
+                      for entry in self.fs.ls(path, detail=True) if entry["type"] == "directory")
 
     # --- JSON --------------------------------------------------------------------------------
     def write_json(self, rel: str, obj: Any) -> None:

@@ -9,7 +9,9 @@ It owns, in one place, what each stage would otherwise get subtly wrong:
 * a circuit breaker (tasks/llm/endpoint_breaker.py): an endpoint that refuses connections, the key or
   the model, or fails `max_consecutive_failures` calls in a row, raises EndpointDown at once,
 * a content-addressed response cache under the store (tasks/llm/cache.py: model + messages +
-  params + template version + schema → raw response), so a rerun never pays for the same call twice,
+  params + template version + schema → raw response), so a rerun never pays for the same call twice;
+  a batch (`chat_many`, `embed_many`: one shard) is looked up before its calls, and its answers are
+  written as segments of many answers, not one object per call,
 * token accounting (`Usage`) so each stage can report what it spent,
 * JSON-schema structured output where the endpoint supports it, lenient JSON parsing otherwise,
 * embeddings (`embed_many`): batched /v1/embeddings requests under the same concurrency, retries,
@@ -40,7 +42,9 @@ from openai import AsyncOpenAI
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from personahub.tasks.core.http import endpoint_label, retry_after_s
-from personahub.tasks.llm.cache import CACHE_FORMAT, EMBEDDING_CACHE_FORMAT, ResponseCache, cache_key, embedding_cache_key
+from personahub.tasks.llm.cache import (
+    CACHE_FORMAT, EMBEDDING_CACHE_FORMAT, FLUSH_EVERY, FLUSH_SECONDS, ResponseCache, cache_key, embedding_cache_key,
+)
 from personahub.tasks.llm.concurrency import limit_for
 from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm.json_parsing import parse_json_lenient
@@ -210,6 +214,8 @@ class LLMGateway:
         structured_output: bool = True,
         cache_prefix: str = "cache/llm",
         max_consecutive_failures: int = 10,
+        cache_flush_every: int = FLUSH_EVERY,
+        cache_flush_seconds: float = FLUSH_SECONDS,
     ):
         if not base_url:
             raise ValueError("LLMGateway needs a base_url (…/v1)")
@@ -223,7 +229,8 @@ class LLMGateway:
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.structured_output = bool(structured_output)
-        self.cache = ResponseCache(store, cache_prefix, scrub=self._scrub)
+        self.cache = ResponseCache(store, cache_prefix, scrub=self._scrub, flush_every=cache_flush_every,
+                                   flush_seconds=cache_flush_seconds)
         self.usage = Usage()
         self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
         self.limit = limit_for(self.base_url, self.max_concurrency)
@@ -258,6 +265,8 @@ class LLMGateway:
             max_retries=settings.llm_max_retries,
             structured_output=settings.llm_structured_output,
             max_consecutive_failures=settings.llm_max_consecutive_failures,
+            cache_flush_every=settings.llm_cache_flush_every,
+            cache_flush_seconds=settings.llm_cache_flush_seconds,
         )
 
     @classmethod
@@ -280,6 +289,8 @@ class LLMGateway:
             max_retries=settings.llm_max_retries,
             structured_output=settings.llm_structured_output,
             max_consecutive_failures=settings.llm_max_consecutive_failures,
+            cache_flush_every=settings.llm_cache_flush_every,
+            cache_flush_seconds=settings.llm_cache_flush_seconds,
         )
 
     def __repr__(self) -> str:
@@ -396,17 +407,36 @@ class LLMGateway:
             return self._resolved_model
 
     async def chat(self, req: ChatRequest) -> ChatResult:
-        """One chat completion: from the cache when this exact call was answered before, else from
-        the endpoint. An API failure is a result carrying `error`; only a dead endpoint raises
-        (EndpointDown, from the circuit breaker)."""
+        """One chat completion: `chat_many` of one request."""
+        return (await self.chat_many([req]))[0]
+
+    async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
+        """Results in the order of `reqs`: from the cache when an exact call was answered before,
+        else from the endpoint, at most max_concurrency in flight. An API failure is a result
+        carrying `error`; only a dead endpoint raises (EndpointDown, from the circuit breaker),
+        cancelling the calls still waiting. The batch's keys are looked up in the cache once,
+        before any call, and its answers are written (as segments) before it returns or raises."""
+        if not reqs:
+            return []
         state = await self._loop_state()
         try:
             model = await self.model_name()
         except LLMError as exc:
-            self._count(failures=1)
-            return ChatResult("", None, None, None, str(exc), self.model or "", None, 0, 0, False)
-        key = cache_key(model, req)
+            self._count(failures=len(reqs))
+            return [ChatResult("", None, None, None, str(exc), self.model or "", None, 0, 0, False) for _ in reqs]
+        keys = [cache_key(model, req) for req in reqs]
+        await self.cache.prefetch(keys)
+        try:
+            async with asyncio.TaskGroup() as group:
+                calls = [group.create_task(self._chat_one(state, model, key, req)) for key, req in zip(keys, reqs)]
+        except BaseExceptionGroup as failed:
+            raise _first_leaf(failed) from None
+        finally:
+            await self.cache.flush()
+            self.cache.release(keys)
+        return [call.result() for call in calls]
 
+    async def _chat_one(self, state: _LoopState, model: str, key: str, req: ChatRequest) -> ChatResult:
         entry = await self.cache.read(key)
         if entry is not None:
             self._count(cache_hits=1)
@@ -480,16 +510,6 @@ class LLMGateway:
         await self.cache.write(key, entry)
         return self._result(req, key, model, entry, cached=False)
 
-    async def chat_many(self, reqs: Sequence[ChatRequest]) -> list[ChatResult]:
-        """Results in the order of `reqs`; at most max_concurrency in flight; a failure is a result.
-        A dead endpoint raises EndpointDown and cancels the calls still waiting."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                calls = [group.create_task(self.chat(req)) for req in reqs]
-        except BaseExceptionGroup as failed:
-            raise _first_leaf(failed) from None
-        return [call.result() for call in calls]
-
     # --- embeddings -----------------------------------------------------------------------------
     def embed_many(self, texts: Sequence[str], *, model: str, batch_size: int = 256) -> EmbeddingResult:
         """`aembed_many` for synchronous callers (Prefect task bodies, flows). Runs on a fresh event
@@ -528,10 +548,15 @@ class LLMGateway:
         for i, key in enumerate(keys):
             first.setdefault(key, i)
         self._count(usage, cache_hits=len(keys) - len(first))
-        answers = await asyncio.gather(
-            *(self._embed_batch(state, model, key, batches[i], usage) for key, i in first.items()),
-            return_exceptions=True,
-        )
+        await self.cache.prefetch(first)
+        try:
+            answers = await asyncio.gather(
+                *(self._embed_batch(state, model, key, batches[i], usage) for key, i in first.items()),
+                return_exceptions=True,
+            )
+        finally:
+            await self.cache.flush()
+            self.cache.release(first)
         by_key: dict[str, np.ndarray] = {}
         errors: list[str] = []
         for key, answer in zip(first, answers):
@@ -558,7 +583,7 @@ class LLMGateway:
             try:
                 vectors = _unpack_vectors(entry["vectors"], entry["count"], entry["dim"])
             except ValueError as exc:
-                log.warning("ignoring corrupt embedding cache entry %s: %s", self.cache.path(key), exc)
+                log.warning("ignoring corrupt embedding cache entry %s: %s", key, exc)
             else:
                 self._count(usage, cache_hits=1)
                 return vectors
