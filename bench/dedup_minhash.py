@@ -105,6 +105,7 @@ def shard_files(data: Path) -> list[Path]:
 def truth_pairs(data: Path, limit: int | None) -> np.ndarray:
     """Packed (a << 32 | b) pairs at Jaccard >= 0.9 among the first `limit` rows."""
     from personahub.tasks.dedup import minhash_stage as dedup_minhash
+    from personahub.tasks.dedup import keep as dedup_keep
     from personahub.tasks.dedup import minhash
 
     texts = _texts(data, limit)
@@ -120,7 +121,7 @@ def truth_pairs(data: Path, limit: int | None) -> np.ndarray:
     sims = dedup_minhash.jaccard(a, b, sk.set_offsets, sk.set_values)
     keep = sims >= THRESHOLD
     lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-    return dedup_minhash.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+    return dedup_keep.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
 
 
 def _texts(data: Path, limit: int | None) -> list[str]:
@@ -183,10 +184,9 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
     sims = dedup_minhash.jaccard(ia, ib, nd.set_offsets, nd.set_values, threads=threads)
     ok = sims >= THRESHOLD
     lo, hi = np.minimum(a[ok], b[ok]), np.maximum(a[ok], b[ok])
-    found = dedup_minhash.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
+    found = dedup_keep.unique((lo.astype(np.uint64) << np.uint64(32)) | hi.astype(np.uint64))
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "found.npy", found)
-    del dedup_keep
     return {"side": "personahub", "n": n, "seconds": elapsed, "personas_per_s": n / elapsed, **timings,
             "candidates": result["candidates"], "verified_pairs": result["verified_pairs"],
             "removed": result["counts"]["filtered"], "banding": f"{banding.bands}x{banding.rows}",
@@ -197,8 +197,8 @@ def run_ours(data: Path, work: Path, threads: int = 2) -> dict:
 def run_datasketch(data: Path, limit: int, work: Path) -> dict:
     from datasketch import MinHash, MinHashLSH
 
+    from personahub.tasks.dedup import keep as dedup_keep
     from personahub.tasks.dedup import minhash_stage as dedup_minhash
-
     from personahub.tasks.dedup import minhash
 
     texts = _texts(data, limit)
@@ -221,7 +221,7 @@ def run_datasketch(data: Path, limit: int, work: Path) -> dict:
     cand = np.array(sorted(candidates), np.int64).reshape(-1, 2)
     sims = dedup_minhash.jaccard(cand[:, 0], cand[:, 1], sk.set_offsets, sk.set_values) if len(cand) else np.zeros(0)
     ok = cand[sims >= THRESHOLD]
-    found = dedup_minhash.unique((ok[:, 0].astype(np.uint64) << np.uint64(32)) | ok[:, 1].astype(np.uint64))
+    found = dedup_keep.unique((ok[:, 0].astype(np.uint64) << np.uint64(32)) | ok[:, 1].astype(np.uint64))
     work.mkdir(parents=True, exist_ok=True)
     np.save(work / "found_datasketch.npy", found)
     b, r = lsh.b, lsh.r

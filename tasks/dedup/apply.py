@@ -1,6 +1,6 @@
 """Drop the personas a dedup stage removed from one input shard (both dedup stages end with it).
 
-The stage's decision is one "removed" table (shard, row, persona_id, duplicate_of, similarity,
+The stage's decision is one "removed" table (tasks/dedup/removed.py: shard, row, persona_id, duplicate_of, similarity,
 group); each shard streams its rows through it, so memory is a batch plus that shard's removals.
 """
 
@@ -17,15 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store
+from personahub.tasks.dedup.removed import removed_rows
 
 BATCH_ROWS = 20_000
-
-
-def removed_rows(store: Store, removed_file: str, shard_id: str) -> np.ndarray:
-    """Rows of `shard_id` the decision removed, sorted."""
-    with store.fs.open(store.full(removed_file), "rb") as fh:
-        table = pq.read_table(fh, columns=["shard", "row"], filters=[("shard", "=", shard_id)])
-    return np.sort(table.column("row").to_numpy())
 
 
 def apply_removals(checkpoint: StageCheckpoint, store: Store, shard_id: str, source_file: str, removed_file: str,

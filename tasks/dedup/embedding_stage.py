@@ -31,7 +31,7 @@ from personahub.tasks.dedup import minhash
 
 from personahub.tasks.dedup import vector_search
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
-from personahub.tasks.dedup.minhash_stage import TIER_BIT, removed_table, unique
+from personahub.tasks.dedup.removed import removed_table
 from personahub.tasks.llm.endpoint_breaker import retry_unless_endpoint_down
 from personahub.tasks.llm.gateway import LLMGateway, l2_normalise
 from personahub.tasks.core.stage import StageRef
@@ -97,7 +97,7 @@ def _load(store: Store, inputs: Sequence[VectorInput], dim: int) -> tuple[np.nda
         t = store.read_parquet(inp.vectors)
         vectors.append(to_float32(t.column("vector"), dim))
         r = t.column("rank").to_numpy()
-        ranks.append(r if inp.fixed else r | TIER_BIT)
+        ranks.append(dedup_keep.tiered(r, inp.fixed))
         ids.append(t.column("persona_id").combine_chunks())
     if not vectors:
         return np.zeros((0, dim), np.float32), np.zeros(0, np.uint64), pa.array([], pa.string())
@@ -138,7 +138,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Vecto
     hub_pairs = (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
     if hub and n:
         hub_pairs = vector_search.near_pairs(base, threshold, queries=_stream(store, hub, dim), **(search or {}))
-    hub_rows = unique(hub_pairs[0])
+    hub_rows = dedup_keep.unique(hub_pairs[0])
     hub_ranks, hub_ids = _hub_ranks_ids(store, hub, hub_rows)
     # nodes: the new personas 0..n-1, then the hub personas that pair with one of them
     all_ranks = np.concatenate([ranks, hub_ranks])
@@ -153,7 +153,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Vecto
     removed = selection.removed
     counts = ShardCounts(rows_in=n, rows_out=n - len(removed), filtered=len(removed))
     extra = {"pairs": int(len(a)), "hub_pairs": int(len(hub_pairs[0])), "reasons": {"near_duplicate": int(len(removed))},
-             "groups": int(len(unique(selection.group[removed])))}
+             "groups": int(len(dedup_keep.unique(selection.group[removed])))}
     checkpoint.write_shard("all", {"removed": table}, counts, extra=extra)
     return {"counts": counts.__dict__, **extra}
 

@@ -23,6 +23,28 @@ import numba
 import numpy as np
 
 
+# Set on the rank of every persona that is not in the hub yet, so hub personas sort first.
+TIER_BIT = np.uint64(1 << 63)
+
+
+def tiered(ranks: np.ndarray, fixed: bool) -> np.ndarray:
+    """Ranks (minhash.rank_keys) in keep order: a hub input's (`fixed`) as they are, a new one's after them."""
+    return ranks if fixed else ranks | TIER_BIT
+
+
+def unique(values: np.ndarray, *, sorted_runs: bool = False) -> np.ndarray:
+    """Sorted distinct values. numpy >= 2.3's np.unique hashes integers, ~10x slower than sorting here.
+    `sorted_runs`: the values are a concatenation of sorted arrays; timsort merges the runs (66M pairs
+    from 32 partitions: 3.6 s instead of 12.4 s)."""
+    values = np.sort(values, kind="stable" if sorted_runs else None)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), np.bool_)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
 @dataclass
 class Selection:
     kept: np.ndarray  # bool (n,)

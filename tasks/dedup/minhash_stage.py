@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks.dedup import keep as dedup_keep
 
 from personahub.tasks.dedup import minhash
+from personahub.tasks.dedup.removed import removed_table
 from personahub.tasks.core.checkpoint import ShardCounts, StageCheckpoint
 from personahub.tasks.core.stage import StageRef
 from personahub.tasks.core.store import Store, incompressible
@@ -46,7 +47,6 @@ BAND_ROWS_PER_PARTITION = 8_000_000
 # 10,000 exact copies would otherwise make 50M pairs).
 WINDOW = 32
 SKETCH_BATCH_ROWS = 50_000
-TIER_BIT = np.uint64(1 << 63)
 JACCARD_CHUNK = 1 << 20  # pairs per verification chunk when verifying on several threads
 
 SKETCH_SCHEMA = pa.schema([
@@ -155,19 +155,6 @@ def _bucket_pairs(keys, nodes, fixed, window, out_a, out_b):  # pragma: no cover
     return count
 
 
-def unique(values: np.ndarray, *, sorted_runs: bool = False) -> np.ndarray:
-    """Sorted distinct values. numpy >= 2.3's np.unique hashes integers, ~10x slower than sorting here.
-    `sorted_runs`: the values are a concatenation of sorted arrays; timsort merges the runs (66M pairs
-    from 32 partitions: 3.6 s instead of 12.4 s)."""
-    values = np.sort(values, kind="stable" if sorted_runs else None)
-    if len(values) < 2:
-        return values
-    keep = np.empty(len(values), np.bool_)
-    keep[0] = True
-    np.not_equal(values[1:], values[:-1], out=keep[1:])
-    return values[keep]
-
-
 def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, nodes: np.ndarray, fixed: np.ndarray,
                  window: int = WINDOW) -> np.ndarray:
     """Candidate pairs (packed a << 32 | b, a the earlier-ranked node), unique, from band rows."""
@@ -186,7 +173,7 @@ def bucket_pairs(keys: np.ndarray, ranks: np.ndarray, nodes: np.ndarray, fixed: 
     a = np.empty(_bucket_pairs(k, nd, fx, window, none, none), np.uint32)
     b = np.empty_like(a)
     _bucket_pairs(k, nd, fx, window, a, b)
-    return unique((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
+    return dedup_keep.unique((a.astype(np.uint64) << np.uint64(32)) | b.astype(np.uint64))
 
 
 def _read_partition(store: Store, inputs: Sequence[SketchInput], partition: int, bits: int) -> tuple[np.ndarray, ...]:
@@ -208,7 +195,7 @@ def _read_partition(store: Store, inputs: Sequence[SketchInput], partition: int,
             k = k[keep]
             r = t.column("rank").to_numpy()[keep]
             keys.append(k)
-            ranks.append(r if inp.fixed else r | TIER_BIT)
+            ranks.append(dedup_keep.tiered(r, inp.fixed))
             nodes.append(t.column("row").to_numpy()[keep].astype(np.int64) + inp.offset)
             fixed.append(np.full(len(k), inp.fixed))
     if not keys:
@@ -304,7 +291,7 @@ def load_nodes(store: Store, inputs: Sequence[SketchInput], nodes: np.ndarray, c
         t = store.read_parquet(inp.sketches, columns=list(columns)).take(rows)
         ids.append(t.column("persona_id").combine_chunks())
         r = t.column("rank").to_numpy()
-        ranks.append(r if inp.fixed else r | TIER_BIT)
+        ranks.append(dedup_keep.tiered(r, inp.fixed))
         fixed.append(np.full(len(r), inp.fixed))
         words = t.column("words").combine_chunks()
         offs = words.offsets.to_numpy().astype(np.int64)
@@ -324,36 +311,7 @@ def read_pairs(store: Store, files: Sequence[str]) -> np.ndarray:
         t = store.read_parquet(f)
         parts.append((t.column("a").to_numpy().astype(np.uint64) << np.uint64(32)) | t.column("b").to_numpy().astype(np.uint64))
     # each partition's pairs are unique and sorted; a pair can recur across partitions (other bands)
-    return unique(np.concatenate(parts), sorted_runs=True) if parts else np.zeros(0, np.uint64)
-
-
-REMOVED_SCHEMA = pa.schema([
-    pa.field("shard", pa.string()),  # the input shard and row of the removed persona (for applying)
-    pa.field("row", pa.int64()),
-    pa.field("persona_id", pa.string()),
-    pa.field("duplicate_of", pa.string()),  # the kept persona it duplicates
-    pa.field("similarity", pa.float32()),  # Jaccard of their word sets (or cosine, embedding stage)
-    pa.field("group", pa.string()),  # the group's representative
-])
-
-
-def removed_table(selection: dedup_keep.Selection, persona_ids: pa.Array, nodes: np.ndarray,
-                  shard_of: list[tuple[int, str]]) -> pa.Table:
-    """The audit rows of the removed nodes. nodes: each index's position in the inputs (global row);
-    shard_of: (first global row, shard id) of each input whose rows can be removed, sorted."""
-    removed = selection.removed
-    starts = np.array([o for o, _ in shard_of], np.int64)
-    global_rows = nodes[removed]
-    which = np.searchsorted(starts, global_rows, side="right") - 1
-    shard_ids = pa.array([sid for _, sid in shard_of], pa.string())
-    return pa.table({
-        "shard": shard_ids.take(pa.array(which)),
-        "row": pa.array(global_rows - starts[which], pa.int64()),
-        "persona_id": persona_ids.take(pa.array(removed)),
-        "duplicate_of": persona_ids.take(pa.array(selection.duplicate_of[removed])),
-        "similarity": pa.array(selection.similarity[removed], pa.float32()),
-        "group": persona_ids.take(pa.array(selection.group[removed])),
-    }, schema=REMOVED_SCHEMA)
+    return dedup_keep.unique(np.concatenate(parts), sorted_runs=True) if parts else np.zeros(0, np.uint64)
 
 
 def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[SketchInput], pair_files: Sequence[str],
@@ -374,7 +332,7 @@ def select_all(checkpoint: StageCheckpoint, store: Store, inputs: Sequence[Sketc
     total_new = sum(inp.rows for inp in inputs if not inp.fixed)
     counts = ShardCounts(rows_in=total_new, rows_out=total_new - removed.num_rows, filtered=removed.num_rows)
     extra = {"candidates": int(len(packed)), "verified_pairs": int(verified.sum()), "reasons": {"near_duplicate": removed.num_rows},
-             "groups": int(len(unique(selection.group[selection.removed])))}
+             "groups": int(len(dedup_keep.unique(selection.group[selection.removed])))}
     checkpoint.write_shard("all", {"removed": removed}, counts, extra=extra)
     return {"counts": counts.__dict__, **extra}
 

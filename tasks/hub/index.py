@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.store import Store
-from personahub.tasks.dedup.apply import removed_rows
+from personahub.tasks.dedup.removed import removed_rows
 
 
 def _survivors(n: int, removed: np.ndarray) -> np.ndarray:
