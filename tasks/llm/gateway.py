@@ -161,6 +161,20 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 Purpose = Literal["chat", "embeddings"]
 
 
+def _settings_options(settings: Any, embeddings: bool) -> dict[str, Any]:
+    """The gateway options both constructors take from Settings: the key for the endpoint's
+    purpose, timeouts, retries, the breaker and the cache's flush rule."""
+    return {
+        "api_key": settings.resolved_embedding_api_key() if embeddings else settings.resolved_api_key(),
+        "timeout_s": settings.llm_timeout_s,
+        "max_retries": settings.llm_max_retries,
+        "structured_output": settings.llm_structured_output,
+        "max_consecutive_failures": settings.llm_max_consecutive_failures,
+        "cache_flush_every": settings.llm_cache_flush_every,
+        "cache_flush_seconds": settings.llm_cache_flush_seconds,
+    }
+
+
 def _purpose(value: Any) -> Purpose:
     if value not in ("chat", "embeddings"):
         raise ValueError(f"purpose must be 'chat' or 'embeddings', not {value!r}")
@@ -259,14 +273,8 @@ class LLMGateway:
             base_url=url,
             model=settings.embedding_model if embeddings else settings.llm_model,
             store=store,
-            api_key=settings.resolved_embedding_api_key() if embeddings else settings.resolved_api_key(),
             max_concurrency=settings.embedding_max_concurrency if embeddings else settings.llm_max_concurrency,
-            timeout_s=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-            structured_output=settings.llm_structured_output,
-            max_consecutive_failures=settings.llm_max_consecutive_failures,
-            cache_flush_every=settings.llm_cache_flush_every,
-            cache_flush_seconds=settings.llm_cache_flush_seconds,
+            **_settings_options(settings, embeddings),
         )
 
     @classmethod
@@ -283,14 +291,8 @@ class LLMGateway:
             base_url=llm["base_url"],
             model=llm["model"],
             store=store,
-            api_key=settings.resolved_embedding_api_key() if embeddings else settings.resolved_api_key(),
             max_concurrency=llm["concurrency"],
-            timeout_s=settings.llm_timeout_s,
-            max_retries=settings.llm_max_retries,
-            structured_output=settings.llm_structured_output,
-            max_consecutive_failures=settings.llm_max_consecutive_failures,
-            cache_flush_every=settings.llm_cache_flush_every,
-            cache_flush_seconds=settings.llm_cache_flush_seconds,
+            **_settings_options(settings, embeddings),
         )
 
     def __repr__(self) -> str:
