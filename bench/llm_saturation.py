@@ -13,7 +13,7 @@ rate is measured from the server's own log: requests answered per second between
 and last request. Documents are cut into shards of unequal size (--shard-docs and crawl buckets),
 and the frontier into shards of --personas-per-shard, so many shards of each stage are in flight.
 Embedding dedup is off: it is not what is measured. It also counts the response cache's objects
-in the store per 1,000 calls (segments, tasks/llm/cache.py).
+written and left in the store per 1,000 calls (segments, tasks/llm/cache.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import resource
 import socket
 import sys
 import tempfile
+import threading
 import multiprocessing
 import time
 from pathlib import Path
@@ -126,6 +127,24 @@ async def raw_load(base_url: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+def count_cache_writes() -> list[int]:
+    """Counts every object the response cache writes in this process (the flow's task threads run
+    here): what an object store bills as PUTs, merges included, not only what is left."""
+    from personahub.tasks.llm.cache import ResponseCache
+
+    written = [0]
+    wrote = ResponseCache._wrote
+    lock = threading.Lock()  # many caches, one per task, in several threads
+
+    def counting(self: ResponseCache) -> None:
+        with lock:
+            written[0] += 1
+        wrote(self)
+
+    ResponseCache._wrote = counting  # type: ignore[method-assign]
+    return written
+
+
 def write_corpus(root: Path, docs: int) -> None:
     """Files of unequal size (1..9 documents each), so crawl buckets and LLM shards differ in size."""
     root.mkdir(parents=True)
@@ -173,6 +192,7 @@ def main() -> None:
         **({"llm_shard_parallelism": args.parallelism} if args.parallelism else {}),
         relations=relations, graph=GraphParams(hops=args.hops, k=3, max_new_per_hop=args.max_new_per_hop, personas_per_shard=args.personas_per_shard),
         embedding=EmbeddingParams(enabled=False))
+    written = count_cache_writes()
     start = time.monotonic()
     summary = build_hub(params)
     wall = time.monotonic() - start
@@ -193,6 +213,8 @@ def main() -> None:
     print(f"response cache: {len(objects)} objects in the store for {calls} calls = "
           f"{1000 * len(objects) / max(calls, 1):.1f} objects per 1,000 calls "
           f"(llm_cache_flush_every {load_settings().llm_cache_flush_every})")
+    print(f"response cache: {written[0]} objects written (segments and merges, one PUT each) for {calls} calls = "
+          f"{1000 * written[0] / max(calls, 1):.1f} PUTs per 1,000 calls")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"build wall time {wall:.1f} s, {summary['personas']} personas, peak RSS of the flow's process {peak_mb:.0f} MB")
 

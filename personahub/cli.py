@@ -16,6 +16,9 @@ import typer
 # Telemetry off before Prefect is imported (the flows import it); a user's explicit setting wins.
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect waits 20 s for its temporary server; on a busy 2-core machine it needs more (seen: the
+# demo build failed at start-up while a benchmark ran beside it).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     help="Build a hub of personas from web text (Persona Hub method) and use it to synthesise data.\n\n"
