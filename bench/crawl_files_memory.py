@@ -1,0 +1,49 @@
+"""Peak RSS of the crawl flow alone: the same documents in few files or in many.
+
+    .venv/bin/python bench/crawl_files_memory.py DOCS FILES     # e.g. 8000 16, then 8000 1600
+
+The crawl runs one task per input file, so a corpus of many small files costs the flow one Prefect
+task run per file; this measures what that costs, with the dedup bucket fixed (2,000 documents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def write_corpus(root: Path, docs: int, files: int) -> None:
+    """`docs` distinct documents spread evenly over `files` JSONL files."""
+    root.mkdir(parents=True)
+    per = -(-docs // files)
+    for f in range(files):
+        lines = [json.dumps({"text": f"Field note {i}: the harbour crane operator {i} logged container moves "
+                                     f"{(i * 37) % 1000} before storm number {i}."})
+                 for i in range(f * per, min(docs, (f + 1) * per))]
+        if lines:
+            (root / f"part{f:05d}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    docs, files = int(sys.argv[1]), int(sys.argv[2])
+    from personahub.flows.crawl import CrawlFlowParams, crawl
+
+    work = Path(tempfile.mkdtemp(prefix="crawl-files-"))
+    write_corpus(work / "corpus", docs, files)
+    summary = crawl(CrawlFlowParams(sources=[str(work / "corpus")], store=str(work / "store"), rows_per_bucket=2000))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{docs} documents in {files} files: {summary['documents']} kept, peak RSS of the flow's process {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
