@@ -153,3 +153,20 @@ def test_cli_config_masks_secret(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "/cli/store" in result.output
     shown = json.loads(runner.invoke(app, ["config", "--json"]).output)
     assert shown["llm_api_key"] == "**********"
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "120"), ("45", "45")])
+def test_cli_gives_prefects_temporary_server_time_to_start(preset: str | None, expected: str) -> None:
+    """Prefect's own 20 s start-up wait fails on a busy 2-core machine; the CLI raises it unless the
+    user set it. In a fresh interpreter: this suite's conftest sets the variable itself."""
+    import os
+    import subprocess
+    import sys
+
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    env = {k: v for k, v in os.environ.items() if k != name}
+    if preset is not None:
+        env[name] = preset
+    out = subprocess.run([sys.executable, "-c", f"import os, personahub.cli; print(os.environ[{name!r}])"],
+                         env=env, capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == expected
