@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/crawl_files_memory.py DOCS FILES     # e.g. 8000 16, then 8000 1600
 
-The crawl runs one task per input file, so a corpus of many small files costs the flow one Prefect
-task run per file; this measures what that costs, with the dedup bucket fixed (2,000 documents).
+A crawl task per input file would cost the flow one Prefect task run per file; the crawl groups small
+files into shards of about `shard_bytes` (tasks/crawl group_files), and this measures what the file
+count still costs, with the dedup bucket fixed (2,000 documents). A third argument sets shard_bytes
+(1 = one shard per file, as before the grouping).
 """
 
 from __future__ import annotations
@@ -36,13 +38,17 @@ def write_corpus(root: Path, docs: int, files: int) -> None:
 
 def main() -> None:
     docs, files = int(sys.argv[1]), int(sys.argv[2])
+    shard_bytes = {"shard_bytes": int(sys.argv[3])} if len(sys.argv) > 3 else {}
     from personahub.flows.crawl import CrawlFlowParams, crawl
 
     work = Path(tempfile.mkdtemp(prefix="crawl-files-"))
     write_corpus(work / "corpus", docs, files)
-    summary = crawl(CrawlFlowParams(sources=[str(work / "corpus")], store=str(work / "store"), rows_per_bucket=2000))
+    summary = crawl(CrawlFlowParams(sources=[str(work / "corpus")], store=str(work / "store"), rows_per_bucket=2000,
+                                     **shard_bytes))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{docs} documents in {files} files: {summary['documents']} kept, peak RSS of the flow's process {peak_mb:.0f} MB")
+    shards = summary["stages"][0]["shards"]
+    print(f"{docs} documents in {files} files, {shards} crawl shards: {summary['documents']} kept, "
+          f"peak RSS of the flow's process {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

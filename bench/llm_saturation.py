@@ -13,7 +13,8 @@ rate is measured from the server's own log: requests answered per second between
 and last request. Documents are cut into shards of unequal size (--shard-docs and crawl buckets),
 and the frontier into shards of --personas-per-shard, so many shards of each stage are in flight.
 Embedding dedup is off: it is not what is measured. It also counts the response cache's objects
-written and left in the store per 1,000 calls (segments, tasks/llm/cache.py).
+written and left in the store per 1,000 calls (segments, tasks/llm/cache.py), and with
+--stage-memory prints the process's resident and peak memory after each stage (which stage grows).
 """
 
 from __future__ import annotations
@@ -145,6 +146,33 @@ def count_cache_writes() -> list[int]:
     return written
 
 
+def memory_mb() -> tuple[int, int]:
+    """(VmRSS, VmHWM) of this process in MB, from /proc (Linux)."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+
+
+def print_stage_memory() -> None:
+    """Wrap the stage runner so each stage's memory is printed when it ends (to stderr: the flow's
+    log_prints would turn a print into a log line, which the bench's log level hides)."""
+    import personahub.flows.stage_runner as runner
+
+    run = runner.run
+
+    def measured(run_ctx, stage):
+        rss0, _ = memory_mb()
+        result = run(run_ctx, stage)
+        rss, peak = memory_mb()
+        sys.__stderr__.write(f"stage {stage.name:28s} {len(stage.inputs):5d} shards  RSS {rss0} -> {rss} MB, "
+                             f"peak so far {peak} MB\n")
+        return result
+
+    runner.run = measured
+    for module in ("crawl", "build_hub", "dedup_stages", "persona_graph"):
+        flow_module = __import__(f"personahub.flows.{module}", fromlist=["run"])
+        flow_module.run = measured
+
+
 def write_corpus(root: Path, docs: int) -> None:
     """Files of unequal size (1..9 documents each), so crawl buckets and LLM shards differ in size."""
     root.mkdir(parents=True)
@@ -170,7 +198,10 @@ def main() -> None:
     ap.add_argument("--hops", type=int, default=1)
     ap.add_argument("--rows-per-bucket", type=int, default=None,
                     help="the crawl's dedup bucket (default: a third of --docs); fix it to see memory against --docs")
+    ap.add_argument("--stage-memory", action="store_true", help="print RSS and peak RSS after each stage")
     args = ap.parse_args()
+    if args.stage_memory:
+        print_stage_memory()
 
     from personahub.flows.build_hub import BuildHubParams, build_hub
     from personahub.flows.dedup_stages import EmbeddingParams

@@ -64,6 +64,8 @@ class BuildHubParams(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
     rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket of the crawl (bounds its memory)")
+    crawl_shard_bytes: int = Field(32_000_000, ge=1, description="Input bytes per crawl shard, about: small files "
+                                   "are grouped, a larger file is a shard of its own")
     minhash: MinHashParams = Field(default_factory=MinHashParams, description="MinHash dedup (Jaccard of word 1-grams)")
     embedding: EmbeddingParams = Field(default_factory=EmbeddingParams, description="Embedding dedup (cosine)")
     llm_shard_docs: int = Field(2000, ge=1, description="Documents per Text-to-Persona shard (one task, one checkpoint "
@@ -96,7 +98,7 @@ def resolve_model(settings: Settings) -> str:
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "llm_shard_docs", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -159,7 +161,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
 
     # 1. crawl: input files → document shards, deduplicated across the crawl
     docs, crawl_reports = crawl_stages(run_ctx, params.corpus, params.crawl, params.max_docs, params.seed,
-                                       params.rows_per_bucket)
+                                       params.rows_per_bucket, shard_bytes=params.crawl_shard_bytes)
     reports.extend(crawl_reports)
 
     with LLMEndpoint(settings) as endpoint:

@@ -1,8 +1,9 @@
-"""crawl: sources → one document shard per file → exact dedup across the crawl (+ optional sample).
+"""crawl: sources → document shards (a large file alone, small files grouped) → exact dedup across
+the crawl (+ optional sample).
 
 Runs alone (`personahub crawl`) and as the first stage of build-hub. Sources are not part of the
-run id: rerunning with one new file reuses every finished shard and crawls only that file, which is
-the incremental path of the nightly refresh.
+run id: rerunning with one new file reuses every finished shard and crawls only the new file's
+group (about shard_bytes of input), which is the incremental path of the nightly refresh.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class CrawlFlowParams(BaseModel):
     crawl: crawl_stage.CrawlParams = Field(default_factory=crawl_stage.CrawlParams)
     max_docs: int | None = Field(None, ge=1, description="Keep a seeded sample of at most this many documents")
     seed: int = Field(0, description="Seed of the max_docs sample")
+    shard_bytes: int = Field(32_000_000, ge=1, description="Input bytes per crawl shard, about: small files are "
+                             "grouped, a larger file is a shard of its own (not in the run id: the documents are the same)")
     rows_per_bucket: int = Field(500_000, ge=1, description="Documents per dedup bucket at most")
     bytes_per_bucket: int = Field(128_000_000, ge=1_000_000, description="Text bytes per dedup bucket at most (bounds its memory)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters (not the sources)")
@@ -37,16 +40,16 @@ class CrawlFlowParams(BaseModel):
 
 
 def crawl_run_id(params: CrawlFlowParams) -> str:
-    keys = params.model_dump(include={"crawl", "max_docs", "seed"})
+    keys = params.model_dump(include={"crawl", "max_docs", "seed"})  # not shard_bytes: same documents
     return f"crawl-{params_hash(keys)[:10]}"
 
 
 def crawl_stages(
     run_ctx: RunContext, sources: list[str], params: crawl_stage.CrawlParams, max_docs: int | None, seed: int,
-    rows_per_bucket: int, bytes_per_bucket: int = 128_000_000,
+    rows_per_bucket: int, bytes_per_bucket: int = 128_000_000, shard_bytes: int = 32_000_000,
 ) -> tuple[Manifest, list[StageReport]]:
     """Run both crawl passes; returns (the documents' manifest, the stage reports)."""
-    files = crawl_stage.plan_sources_task(sources)
+    files = crawl_stage.plan_crawl_task(sources, shard_bytes)
     read = run(run_ctx, Stage("crawl", params.model_dump(mode="json"), files, crawl_stage.crawl_task))
     threshold = None
     if max_docs is not None:
@@ -68,7 +71,7 @@ def crawl(params: CrawlFlowParams) -> dict[str, Any]:
     ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     get_run_logger().info("crawl run %s in %s", run_id, ctx.store.uri(f"runs/{run_id}"))
     manifest, reports = crawl_stages(ctx, params.sources, params.crawl, params.max_docs, params.seed,
-                                     params.rows_per_bucket, params.bytes_per_bucket)
+                                     params.rows_per_bucket, params.bytes_per_bucket, params.shard_bytes)
     summary = {
         "run_id": run_id,
         "run": ctx.store.uri(f"runs/{run_id}"),

@@ -112,7 +112,7 @@ def build(
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
-    rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket; documents per LLM shard"),
+    rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
     show: int = typer.Option(5, help="Personas to print at the end"),
 ) -> None:
     """Build a hub: crawl → Text-to-Persona → Persona-to-Persona (hops) → dedup → publish a new hub version.

@@ -57,7 +57,7 @@ def test_build_counts_provenance_and_rerun_costs_nothing(server, tmp_path):
     assert [s["stage"] for s in summary["stages"]] == [
         "crawl", "crawl_dedup", "text_to_persona", "minhash_sketch", "minhash_pairs", "minhash_select", "minhash",
         "embed", "embedding_select", "embedding_dedup"]
-    assert summary["stages"][0]["shards"] == 6, "one crawl shard per file"
+    assert summary["stages"][0]["shards"] < 6, "small files share a crawl shard"
     assert summary["stages"][2]["shards"] >= 2, "documents are spread over several LLM shards"
     embed_calls = next(s for s in summary["stages"] if s["stage"] == "embed")["usage"]["calls"]
     assert embed_calls >= 1, "embeddings go through the gateway and are counted"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from personahub.tasks.core.checkpoint import StageCheckpoint
-from personahub.tasks.crawl import CrawlParams, crawl_shard, doc_id_for, expand_sources, plan_shards
+from personahub.tasks.crawl import CrawlParams, crawl_shard, doc_id_for, expand_sources, group_files, plan_shards
 from personahub.tasks.crawl.clean import normalise_text
 from personahub.tasks.crawl.readers import ReaderOptions, read_records
 from personahub.tasks.core.store import Store
@@ -180,6 +180,55 @@ def test_plan_shards_one_per_file_stable_ids(tmp_path: Path) -> None:
     b.write_text("second, edited")
     assert plan_shards([str(a), str(b)])[next(k for k, v in plan.items() if v == str(a))] == str(a)
     assert set(plan_shards([str(a), str(b)])) != set(plan), "a changed file gets a new shard id"
+
+
+def write_small_files(root: Path, n: int) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"f{i:04d}.txt").write_text(f"Small file {i} about harbour cranes. " * (1 + i % 20))
+    return sorted(str(p) for p in root.iterdir())
+
+
+def test_group_files_cuts_small_files_into_groups_of_about_shard_bytes(tmp_path: Path) -> None:
+    files = write_small_files(tmp_path / "c", 400)
+    groups = group_files(files, shard_bytes=40 * 4096)  # every file costs 4 KB: about 40 files a group
+    assert [f for g in groups.values() for f in g] == files, "every file once, groups contiguous in path order"
+    # 400 files cut with probability 1/40 each: 10 groups expected, 4 standard deviations either side
+    assert 2 <= len(groups) <= 30, len(groups)
+    assert group_files(list(reversed(files)), 40 * 4096) == groups, "the plan does not depend on the order given"
+    one_each = group_files(files, shard_bytes=1)
+    assert one_each == {sid: [f] for sid, f in plan_shards(files).items()}, "a file of shard_bytes or more is alone"
+
+
+def test_group_files_a_new_or_changed_file_changes_only_its_group(tmp_path: Path) -> None:
+    files = write_small_files(tmp_path / "c", 400)
+    before = group_files(files, 40 * 4096)
+    new = tmp_path / "c" / "f0200b.txt"
+    new.write_text("A new small file about tide gauges.")
+    after = group_files(sorted(files + [str(new)]), 40 * 4096)
+    gone, added = set(before) - set(after), set(after) - set(before)
+    assert len(gone) == 1 and 1 <= len(added) <= 2, (len(gone), len(added))
+    old_group = before[gone.pop()]
+    assert sorted(f for sid in added for f in after[sid]) == sorted(old_group + [str(new)])
+
+    Path(files[10]).write_text("edited, and longer than it was before " * 3)
+    edited = group_files(files, 40 * 4096)
+    changed = [sid for sid in before if sid not in edited]
+    assert len(changed) == 1 and files[10] in before[changed[0]], "only the edited file's group gets a new id"
+
+
+def test_crawling_a_group_equals_crawling_its_files(tmp_path: Path) -> None:
+    files = write_small_files(tmp_path / "c", 30)
+    store = Store(str(tmp_path / "store"))
+    apart = StageCheckpoint(store, "r", "apart", {})
+    crawl_files(apart, files, CrawlParams(min_chars=10))
+    together = StageCheckpoint(store, "r", "together", {})
+    result = crawl_shard(together, "g0", files, CrawlParams(min_chars=10))
+    assert result["counts"]["rows_in"] == 30
+    key = lambda r: (r["source"], r["record"])  # noqa: E731
+    strip = lambda rows: sorted(({k: v for k, v in r.items() if k != "fetched_at"} for r in rows), key=key)  # noqa: E731
+    assert strip(shard_rows(store, together, "data")) == strip(shard_rows(store, apart, "data"))
+    assert together.done_shards()["g0"].extra["files"] == files
 
 
 # --- doc ids -----------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Crawl: every source a user has, streamed into document shards with provenance.
 
-Pass 1 (stage "crawl") reads one input file per shard: a reader turns it into Records (readers.py,
-fetch.py for URL lists), clean.py normalises and filters each text, and the shard's documents and
-quarantined rows are streamed to Parquet in batches, so memory is bounded by a batch and a record.
-A shard's id hashes the file's path, size and modification time, so a rerun with one new file runs
-one new shard. Pass 2 (stage "crawl_dedup", in the flow) removes exact duplicates across the whole
+Pass 1 (stage "crawl") reads one group of input files per shard (a large file alone, small ones
+together: group_files): a reader turns each file into Records (readers.py, fetch.py for URL lists),
+clean.py normalises and filters each text, and the shard's documents and quarantined rows are
+streamed to Parquet in batches, so memory is bounded by a batch and a record. A shard's id hashes
+its files' paths, sizes and modification times, and the groups' cuts depend on each file alone, so
+a rerun with one new file runs one new shard: the new file's group. Pass 2 (stage "crawl_dedup", in the flow) removes exact duplicates across the whole
 crawl by doc_id and applies the optional seeded sample (`max_docs`).
 
 Every input record ends up kept, filtered (with a reason code) or quarantined (with its reason):
@@ -107,15 +108,64 @@ def plan_sources_task(sources: list[str], suffixes: tuple[str, ...] | None = Non
     return plan_shards(expand_sources(sources, suffixes))
 
 
-def plan_shards(files: list[str]) -> dict[str, str]:
-    """Shard id → file: one shard per file, its id from the file's path, size and mtime."""
-    shards = {}
+@task(name="plan-crawl-shards", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def plan_crawl_task(sources: list[str], shard_bytes: int) -> dict[str, list[str]]:
+    """Prefect task: shard id → the input files it reads, small files grouped (group_files)."""
+    return group_files(expand_sources(sources), shard_bytes)
+
+
+def _file_ids(files: list[str]) -> dict[str, tuple[str, int]]:
+    """File → (its id from path, size and mtime, its size)."""
+    out = {}
     for url in files:
         fs, path = fsspec.core.url_to_fs(url)
         info = fs.info(path)
         stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
-        shards[hashlib.sha256(f"{url}\0{info.get('size')}\0{stamp}".encode()).hexdigest()[:20]] = url
-    return dict(sorted(shards.items(), key=lambda kv: kv[1]))
+        out[url] = (hashlib.sha256(f"{url}\0{info.get('size')}\0{stamp}".encode()).hexdigest()[:20],
+                    int(info.get("size") or 0))
+    return out
+
+
+def plan_shards(files: list[str]) -> dict[str, str]:
+    """Shard id → file: one shard per file, its id from the file's path, size and mtime."""
+    ids = _file_ids(files)
+    return dict(sorted(((ids[url][0], url) for url in files), key=lambda kv: kv[1]))
+
+
+# A file costs a task at least this much, however small: opening and listing it. It caps a group of
+# empty or tiny files at about shard_bytes / 4 KB files.
+FILE_COST_BYTES = 4096
+
+
+def group_files(files: list[str], shard_bytes: int) -> dict[str, list[str]]:
+    """Shard id → files: the files in path order, cut into groups of about shard_bytes input bytes.
+
+    A task per small file would cost the flow more than the file (one Prefect task run and one
+    manifest entry each, ~50 KB of the flow's memory apiece), so small files share a shard. The cuts
+    are content-defined, as in rsync's or restic's chunking: a group ends after a file with a
+    probability of its size / shard_bytes, decided by a hash of the file's path alone. Adding or
+    changing a file therefore changes only the group it falls in (a new cut may split that group in
+    two); every other shard keeps its id and stays done. A file of shard_bytes or more is a shard of
+    its own and keeps the id plan_shards gives it, as does any group of one file.
+    """
+    if shard_bytes < 1:
+        raise ValueError("shard_bytes must be at least 1")
+    ids = _file_ids(files)
+    groups: list[list[str]] = [[]]
+    for url in sorted(ids):
+        groups[-1].append(url)
+        cost = max(ids[url][1], FILE_COST_BYTES)
+        draw = int.from_bytes(hashlib.sha256(f"personahub-crawl-cut\0{url}".encode()).digest()[:8], "big") / 2**64
+        if draw * shard_bytes < cost:
+            groups.append([])
+    shards: dict[str, list[str]] = {}
+    for group in groups:
+        if len(group) == 1:
+            shards[ids[group[0]][0]] = group
+        elif group:
+            members = "\0".join(ids[url][0] for url in group)
+            shards["g" + hashlib.sha256(members.encode()).hexdigest()[:19]] = group
+    return shards
 
 
 def doc_id_for(text: str) -> str:
@@ -126,15 +176,17 @@ def _reason_code(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: CrawlParams) -> dict[str, Any]:
-    """Read one file into a document shard and a quarantine shard (streamed in batches)."""
+def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, files: str | list[str], params: CrawlParams) -> dict[str, Any]:
+    """Read the shard's files (one, or a group of small ones) into a document shard and a
+    quarantine shard, streamed in batches."""
+    files = [files] if isinstance(files, str) else list(files)
     crawled_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     clean_options = params.clean_options()
     rows_in = kept = quarantined = text_bytes = 0
     reasons: dict[str, int] = {}
     docs: list[dict[str, Any]] = []
     with checkpoint.open_shard(shard_id, {"data": DOCUMENT_SCHEMA, "quarantine": QUARANTINE_SCHEMA}) as shard:
-        for rec in _records(url, params):
+        for url, rec in ((url, rec) for url in files for rec in _records(url, params)):
             rows_in += 1
             if rec.error is not None:
                 shard.write("quarantine", [{"source": url, "record": rec.record, "url": rec.url,
@@ -174,7 +226,7 @@ def crawl_shard(checkpoint: StageCheckpoint, shard_id: str, url: str, params: Cr
         shard.write("data", docs)
         shard.counts = ShardCounts(rows_in=rows_in, rows_out=kept, filtered=rows_in - kept - quarantined,
                                    quarantined=quarantined)
-        shard.extra = {"file": url, "reasons": reasons, "text_bytes": text_bytes}
+        shard.extra = {"files": files, "reasons": reasons, "text_bytes": text_bytes}
     return {"shard_id": shard_id, "counts": shard.counts.__dict__, "reasons": reasons}
 
 
@@ -226,7 +278,7 @@ def sample_threshold_task(run: RunContext, doc_files: list[str], seed: int, max_
     return sample_threshold(ids, seed, max_docs)
 
 
-@task(name="crawl-file", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def crawl_task(stage: StageRef, shard_id: str, url: str) -> dict[str, Any]:
-    """Prefect task: one input file into one document shard."""
-    return crawl_shard(stage.checkpoint, shard_id, url, CrawlParams(**stage.params))
+@task(name="crawl-files", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def crawl_task(stage: StageRef, shard_id: str, files: list[str]) -> dict[str, Any]:
+    """Prefect task: one group of input files into one document shard."""
+    return crawl_shard(stage.checkpoint, shard_id, files, CrawlParams(**stage.params))
