@@ -9,14 +9,12 @@ quality filters), not this shape.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
@@ -26,12 +24,14 @@ from personahub.flows.stage_runner import TASK_WORKERS, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
-from personahub.tasks.core.settings import Settings, load_settings
+from personahub.tasks.core.settings import load_settings
 from personahub.tasks.core.stage import Deferred, StageReport, row_ranges
+from personahub.tasks.llm.stage import llm_stage_params
+from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.crawl import CrawlParams
 from personahub.tasks.hub import publish
-from personahub.tasks.llm.gateway import LLMGateway, Usage
-from personahub.tasks.llm.templates import PromptTemplate, load_template
+from personahub.tasks.llm.gateway import Usage
+from personahub.tasks.llm.templates import load_template
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona
 from personahub.tasks.personas.text_to_persona import TextToPersona
 
@@ -79,22 +79,6 @@ class BuildHubParams(BaseModel):
     embedding_model: str | None = Field(None, description="Override the embedding model name")
 
 
-def resolve_model(settings: Settings) -> str:
-    """The model name that goes into cache keys and provenance, known before any stage runs."""
-    if settings.llm_model:
-        return settings.llm_model
-    if not settings.llm_base_url:
-        from personahub.tasks.serving.llama_server import MODEL_ALIAS
-
-        return MODEL_ALIAS
-
-    async def ask() -> str:
-        async with LLMGateway.from_settings(settings, store=None) as gateway:
-            return await gateway.model_name()
-
-    return run_coro_as_sync(ask())
-
-
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
@@ -105,44 +89,11 @@ def run_id_for(params: BuildHubParams) -> str:
 CHARS_PER_TOKEN = 4  # English text under BPE tokenizers; a budget, not an exact count
 
 
-class LLMEndpoint:
-    """The configured endpoint, or the embedded server started on first use and stopped at the end.
-
-    Starting lazily means a rerun whose LLM stages are all done starts nothing.
-    """
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._stack = contextlib.ExitStack()
-
-    @property
-    def base_url(self) -> str:
-        if self.settings.llm_base_url:
-            return self.settings.llm_base_url
-        if not hasattr(self, "_server"):
-            from personahub.tasks.serving.llama_server import EmbeddedLLMServer
-
-            self._server = self._stack.enter_context(EmbeddedLLMServer(self.settings, log=get_run_logger().info))
-        return self._server.base_url
-
-    def __enter__(self) -> "LLMEndpoint":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-
-
 def filter_options(values: dict[str, Any]) -> dict[str, Any]:
     """The filter options in force, in full, so a changed default changes the stages' parameters."""
     from personahub.tasks.personas.filters import PersonaFilterOptions
 
     return PersonaFilterOptions.from_dict(dict(values)).as_dict()
-
-
-def llm_stage_params(template: PromptTemplate, sampling: dict[str, Any], model: str, filters: dict[str, Any]) -> dict[str, Any]:
-    """What every LLM stage's parameters hold: a change to any of them reruns the stage."""
-    return {"template": template.name, "template_ref": template.ref, "mode": template.mode, "sampling": sampling,
-            "model": model, "filters": filters}
 
 
 @flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))

@@ -237,6 +237,78 @@ def dedup(
 
 
 @app.command()
+def synthesize(
+    use_case: str = typer.Option(..., "--use-case", help="math, logic, instructions, knowledge, npc or tools"),
+    mode: str = typer.Option("few-shot", help="zero-shot, few-shot or persona-enhanced (few-shot with each demonstration's persona)"),
+    n: int = typer.Option(20, "--n", help="Personas to synthesize from (the first n of the seeded order; raising it reuses the run)"),
+    seed: int = typer.Option(0, help="Seed of the persona order"),
+    hub: str = typer.Option("default", help="Hub whose personas are used"),
+    version: Optional[str] = typer.Option(None, help="Hub version (default: latest)"),
+    personas: Optional[list[str]] = typer.Option(None, "--personas", help="Persona files instead of a hub (repeatable)"),
+    hop: Optional[list[int]] = typer.Option(None, "--hop", help="Only personas at this graph hop (repeatable)"),
+    relation: Optional[list[str]] = typer.Option(None, "--relation", help="Only this relation (repeatable)"),
+    origin: Optional[list[str]] = typer.Option(None, "--origin", help="Only this origin: text_to_persona or persona_to_persona"),
+    var: Optional[list[str]] = typer.Option(None, "--var", help="Template variable NAME=VALUE (repeatable): topic, level, variant, world"),
+    world_file: Optional[str] = typer.Option(None, help="npc: a file with the game world's description"),
+    demos: Optional[str] = typer.Option(None, help="Demonstrations file, JSONL of {output, vars} (default: the shipped ones)"),
+    store: Optional[str] = StoreOpt,
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
+    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
+    show: int = typer.Option(3, help="Items to print at the end"),
+) -> None:
+    """Synthesize one use case's items from a hub's personas (or persona files) in one prompt mode.
+
+    Every answer is kept only when it parses and meets the use case's schema and checks; the rest
+    are quarantined with their reason. Rerunning the same command pays for no call twice.
+    """
+    import fsspec
+
+    from personahub.flows.synthesize import SynthesizeParams, synthesize as synthesize_flow
+    from personahub.tasks.synthesis.personas import PersonaSelection
+    from personahub.tasks.synthesis.use_cases import SynthesisParamsError
+
+    variables = {}
+    for item in var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"--var takes NAME=VALUE, not {item!r}")
+        variables[name.strip()] = value
+    if world_file:
+        with fsspec.open(world_file, "rt", encoding="utf-8") as fh:
+            variables["world"] = fh.read().strip()
+    params = SynthesizeParams(
+        use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
+        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id,
+        selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or []))
+    started = time.monotonic()
+    try:
+        with endpoint_errors("synthesize"):
+            summary = synthesize_flow(params)
+    except (SynthesisParamsError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
+        typer.echo(f"personahub synthesize: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _print_stages(summary["stages"])
+    u = summary["llm_this_run"]
+    typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache; tokens paid: "
+               f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    typer.echo(f"{summary['items']} {summary['use_case']} items ({summary['mode']}) from {summary['personas']} personas, "
+               f"{summary['quarantined']} quarantined, at {summary['items_path']}  ({time.monotonic() - started:.0f} s)")
+    from personahub.tasks.core.settings import load_settings
+    from personahub.tasks.core.store import Store
+
+    settings = load_settings(store=store)
+    st = Store(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
+    shown = 0
+    for path in summary["item_files"]:
+        for row in st.read_parquet(path, columns=["persona", "text"]).to_pylist():
+            if shown >= show:
+                break
+            typer.echo(f"  - persona: {row['persona'][:100]}\n    {row['text'][:300]}")
+            shown += 1
+
+
+@app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of aligned text")) -> None:
     """Show the settings in force (environment, config file, defaults), secrets masked."""
     from personahub.tasks.core.settings import config_file, load_settings

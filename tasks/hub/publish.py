@@ -161,6 +161,21 @@ def latest_manifest(store: Store, hub: str) -> dict[str, Any] | None:
     return store.read_json(store.read_json(pointer)["manifest"])
 
 
+def version_manifest(store: Store, hub: str, version: str | None = None) -> dict[str, Any]:
+    """A published version's manifest (None = latest); a clear error when there is none."""
+    if version is None:
+        manifest = latest_manifest(store, hub)
+        if manifest is None:
+            raise FileNotFoundError(f"hub {hub!r} has no published version in {store.uri(hub_prefix(hub))}: "
+                                    "build one first (personahub build) or give persona files")
+        return manifest
+    path = f"{hub_prefix(hub)}/{version}/manifest.json"
+    if not store.exists(path):
+        known = ", ".join(hub_versions(store, hub)) or "none"
+        raise FileNotFoundError(f"hub {hub!r} has no version {version!r} (published: {known})")
+    return store.read_json(path)
+
+
 def sample_personas(store: Store, manifest: dict[str, Any], n: int) -> list[dict[str, Any]]:
     """The first n personas of a hub version (for the CLI's summary)."""
     rows: list[dict[str, Any]] = []

@@ -55,6 +55,12 @@ class Outcome:
         self.filtered[reason] = self.filtered.get(reason, 0) + 1
 
 
+def llm_stage_params(template: PromptTemplate, sampling: dict[str, Any], model: str, filters: dict[str, Any]) -> dict[str, Any]:
+    """What every LLM stage's parameters hold: a change to any of them reruns the stage."""
+    return {"template": template.name, "template_ref": template.ref, "mode": template.mode, "sampling": sampling,
+            "model": model, "filters": filters}
+
+
 def reason_code(reason: str) -> str:
     """"llm_error: HTTP 400 from …" → "llm_error": what reasons are counted by."""
     return reason.split(":", 1)[0]

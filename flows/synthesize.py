@@ -1,0 +1,205 @@
+"""synthesize: personas → one use case's items in one prompt mode (METHOD.md, "Persona-driven synthesis").
+
+    personas (a hub version, or persona files → persona_input)
+      → select_personas (the first n in seeded order, after the hop / relation / origin filters)
+      → [persona-enhanced mode: demo_documents → demo_text_to_persona]
+      → synthesize_<use case> (LLM: one request per persona; items, or quarantined answers with a reason)
+
+The run id hashes what the items depend on except n, so raising --n reuses the run: the first n
+personas are the same, their calls come from the cache, and only the new personas are paid for.
+The items are Parquet shards under runs/<run_id>/synthesize_<use case>/.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.tasks.core.checkpoint import params_hash
+from personahub.tasks.core.report import stages_markdown
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.settings import load_settings
+from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
+from personahub.tasks.crawl import plan_sources_task
+from personahub.tasks.llm.gateway import Usage
+from personahub.tasks.llm.stage import llm_stage_params
+from personahub.tasks.llm.templates import PromptTemplate, load_template
+from personahub.tasks.personas import input_files as persona_input
+from personahub.tasks.personas.text_to_persona import TextToPersona
+from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
+from personahub.tasks.synthesis import demos as demo_files
+from personahub.tasks.synthesis import personas as persona_selection
+from personahub.tasks.synthesis.stage import Synthesize
+from personahub.tasks.synthesis.use_cases import MODES, USE_CASES, SynthesisParamsError, use_case
+
+DEMO_MAX_CHARS = 2000  # a demonstration's text sent to Text-to-Persona
+
+
+class SynthesizeParams(BaseModel):
+    """Parameters of a synthesis run; the Prefect UI renders them as a form."""
+
+    use_case: str = Field(..., description=f"One of {', '.join(USE_CASES)}")
+    mode: str = Field("few-shot", description=f"Prompt mode: {', '.join(MODES)}")
+    selection: persona_selection.PersonaSelection = Field(default_factory=persona_selection.PersonaSelection)
+    hub: str = Field("default", description="Hub whose personas are used (unless persona files are given)")
+    hub_version: str | None = Field(None, description="Hub version, e.g. v0003 (default: latest)")
+    personas: list[str] = Field(default_factory=list, description="Persona files instead of a hub (JSONL, JSON "
+                                "array such as Persona Hub's, Parquet; files, directories, globs, any fsspec URL)")
+    text_column: str | None = Field(None, description="Persona files' text column (default: persona, else text)")
+    variables: dict[str, str] = Field(default_factory=dict, description="Template variables: math topic and level, "
+                                      "logic variant (general, spatial, trick), npc world (the game's description)")
+    demos: str | None = Field(None, description="Demonstrations file (JSONL of {output, vars}); default: the "
+                              "use case's shipped prompts/<use case>/demos.jsonl")
+    temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
+    max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
+    shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
+    llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
+    run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
+    store: str | None = Field(None, description="Override the store URL (settings.store)")
+    llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
+    llm_model: str | None = Field(None, description="Override the model name")
+
+
+def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
+    """A run id from what the items depend on, except n (raising n resumes the run) and where the
+    run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
+    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "shard_rows", "personas",
+                                      "hub", "hub_version", "llm_base_url"})
+    keys["selection"].pop("n")
+    return f"syn-{params.use_case}-{params_hash({**keys, 'source': source})[:10]}"
+
+
+def template_variables(params: SynthesizeParams, template: PromptTemplate) -> dict[str, str]:
+    """The use case's variables with their defaults, the user's values over them; a required one
+    that is missing, or a variant the template does not define, is an error before anything runs."""
+    case = use_case(params.use_case)
+    unknown = sorted(set(params.variables) - set(case.variables) - set(case.required))
+    if unknown:
+        raise SynthesisParamsError(f"{case.name} takes no variable {', '.join(unknown)} "
+                         f"(it takes: {', '.join([*case.variables, *case.required]) or 'none'})")
+    missing = [name for name in case.required if not (params.variables.get(name) or "").strip()]
+    if missing:
+        raise SynthesisParamsError(f"{case.name} needs {', '.join(missing)} (e.g. --world-file or --var world=...)")
+    values = {**case.variables, **params.variables}
+    variants = template.extra.get("variants")
+    if variants is not None and values.get("variant") not in variants:
+        raise SynthesisParamsError(f"{case.name} has no variant {values.get('variant')!r} "
+                                   f"(its variants: {', '.join(variants)})")
+    return values
+
+
+def persona_source(settings: Any, params: SynthesizeParams) -> tuple[str, dict[str, str] | list[str]]:
+    """Where the personas come from, named for the run id: the persona files' shards (path, size,
+    mtime), or the hub version's parts (`latest` resolved, so a new version makes a new run)."""
+    if params.personas:
+        shards = plan_sources_task(params.personas, persona_input.FORMATS)
+        return "files:" + params_hash({"shards": sorted(shards)})[:12], shards
+    version, files = persona_selection.hub_parts_task(settings.store, settings.resolved_s3_endpoint(),
+                                                      params.hub, params.hub_version)
+    return f"hub:{params.hub}/{version}", files
+
+
+@flow(name="synthesize", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+def synthesize(params: SynthesizeParams) -> dict[str, Any]:
+    """Synthesize one use case's items from personas in one prompt mode; resumable, cached."""
+    case = use_case(params.use_case)
+    template = load_template(case.name, params.mode)  # an unknown mode fails here, before any work
+    variables = template_variables(params, template)
+    settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model)
+    model = resolve_model(settings)
+    demos = demo_files.load_demos(case, params.demos) if params.mode != "zero-shot" else []
+
+    # 1. personas: a hub version or persona files, then the run's seeded selection
+    source, inputs = persona_source(settings, params)
+    run_id = params.run_id or synthesis_run_id(params, source)
+    run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
+    get_run_logger().info("synthesis run %s in %s", run_id, run_ctx.store.uri(f"runs/{run_id}"))
+    reports: list[StageReport] = []
+    files = inputs if isinstance(inputs, list) else []
+    if isinstance(inputs, dict):
+        read = run(run_ctx, Stage("persona_input", {"text_column": params.text_column}, inputs, persona_input.read_task))
+        files = read.manifest.files()
+        reports.append(read.report())
+    selected = run(run_ctx, Stage.one_shard(
+        "select_personas", {"selection": params.selection.model_dump(), "source": source, "files": files},
+        persona_selection.select_task, files=files))
+    reports.append(selected.report())
+
+    sampling = dict(template.params)
+    sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
+    with LLMEndpoint(settings) as endpoint:
+        llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
+
+        # 2. persona-enhanced mode: each demonstration's persona, inferred by Text-to-Persona
+        demo_rows = [{"answer": d.answer, "persona": None} for d in demos]
+        if params.mode == "persona-enhanced":
+            demo_rows, demo_reports = demo_personas(run_ctx, demos, params.demos or "shipped", llm, model)
+            reports.extend(demo_reports)
+
+        # 3. the use case itself, in shards of shard_rows personas
+        items = run(run_ctx, Synthesize.stage(
+            f"synthesize_{case.name}",
+            {**llm_stage_params(template, sampling, model, {}), "use_case": case.name, "variables": variables,
+             "demos": demo_rows, "input": selected.manifest.digest()},
+            row_ranges(selected.manifest, params.shard_rows, prefix="items"), llm, params.llm_shard_parallelism))
+        reports.append(items.report())
+
+    usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
+    summary = {
+        "run_id": run_id,
+        "run": run_ctx.store.uri(f"runs/{run_id}"),
+        "use_case": case.name,
+        "mode": template.mode,
+        "template": template.ref,
+        "model": model,
+        "source": source,
+        "personas": selected.manifest.totals.rows_out,
+        "items": items.manifest.totals.rows_out,
+        "quarantined": items.manifest.totals.quarantined,
+        "items_path": run_ctx.store.uri(f"runs/{run_id}/synthesize_{case.name}"),
+        "item_files": items.manifest.files(),
+        "stages": [r.as_dict() for r in reports],
+        "llm_this_run": usage_now,
+    }
+    create_markdown_artifact(key=f"synthesize-{case.name}-summary", markdown=summary_markdown(summary),
+                             description="synthesis counts and quarantine reasons")
+    return summary
+
+
+def demo_personas(run_ctx: RunContext, demos: list[demo_files.Demo], source: str, llm: Deferred,
+                  model: str) -> tuple[list[dict[str, Any]], list[StageReport]]:
+    """The demonstrations with the personas Text-to-Persona inferred for them (relation "write").
+    A demonstration whose persona was quarantined is left out; none left is an error."""
+    documents = run(run_ctx, Stage.one_shard("demo_documents", {"demos": [d.answer for d in demos], "source": source},
+                                             demo_files.demo_documents_task, demos=demos, source=source))
+    t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
+    inferred = run(run_ctx, TextToPersona.stage(
+        "demo_text_to_persona", {**llm_stage_params(t2p_template, dict(t2p_template.params), model, {}),
+                                 "relations": ["write"], "max_doc_chars": DEMO_MAX_CHARS,
+                                 "input": documents.manifest.digest()},
+        row_ranges(documents.manifest, len(demos)), llm, 1))
+    personas = demo_files.demo_personas_task(run_ctx, inferred.manifest.files())
+    rows = [{"answer": d.answer, "persona": personas[d.doc_id]} for d in demos if d.doc_id in personas]
+    if not rows:
+        reasons = inferred.report().reasons
+        raise SynthesisParamsError(f"Text-to-Persona gave no demonstration a persona ({reasons}); use other demonstrations "
+                         "(--demos) or the few-shot mode")
+    return rows, [documents.report(), inferred.report()]
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# Synthesis `{summary['run_id']}`: {summary['items']} {summary['use_case']} items ({summary['mode']})",
+        f"From {summary['personas']} personas of `{summary['source']}`, model `{summary['model']}`, template "
+        f"`{summary['template']}`; items at `{summary['items_path']}`.",
+        "",
+        *stages_markdown(summary["stages"]),
+    ]
+    u = summary["llm_this_run"]
+    lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, {u['total_tokens']} tokens."]
+    return "\n".join(lines)

@@ -1,0 +1,254 @@
+"""Persona-driven synthesis on the fake server: persona selection, each use case's parsing and
+quarantine reasons, the three prompt modes, resume and the --n growth rule."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from fake_openai import FakeReply, persona_sentence
+from personahub.flows.synthesize import SynthesizeParams, synthesize
+from personahub.tasks.core.store import Store
+from personahub.tasks.synthesis.personas import PersonaSelection, select_personas
+from personahub.tasks.synthesis.use_cases import check_math_problem
+
+SHARED_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+GOOD = {
+    "math": {"problem": "A beekeeper has 14 hives and each produces 9 kg of honey. She sells jars of 0.45 kg. "
+                        "How many jars can she fill?"},
+    "logic": {"problem": "Three bakers each bake one bread: rye, spelt or wheat. The rye baker is not Ann. "
+                         "Ben bakes spelt. Who bakes what?"},
+    "instructions": {"prompt": "Help me plan a week of meals for a family of four on a tight budget."},
+    "knowledge": {"title": "How tides work", "article": "Tides are the regular rise and fall of the sea. " * 6},
+    "npc": {"name": "Orla", "species": "Elf", "role": "Ferry pilot",
+            "background": "Orla ferried pilgrims across the glass lake for forty years.",
+            "interaction": "She charges players in stories instead of coins."},
+    "tools": {"name": "Tide table lookup", "description": "Returns the next high and low tides for a harbour.",
+              "function_name": "get_tide_table",
+              "input_args": {"harbour": {"type": "string", "description": "Name of the harbour"}},
+              "return": {"type": "object", "description": "Times and heights of the next tides"},
+              "dependencies": ["requests"]},
+}
+# One broken answer per use case, with the reason code it must be quarantined under.
+BAD = {
+    "math": ({"problem": "A farmer has 3 fields of 4 hectares each. How many hectares? Answer: 12 hectares in all."},
+             "contains_solution"),
+    "logic": ({"problem": "Too short."}, "schema_invalid"),
+    "instructions": ({"question": "Where is my parcel?"}, "schema_invalid"),
+    "knowledge": ({"title": "Tides"}, "schema_invalid"),
+    "npc": ({"name": "Orla", "species": "Elf"}, "schema_invalid"),
+    "tools": ({**GOOD["tools"], "function_name": "class"}, "invalid_interface"),
+}
+
+
+def write_personas(path: Path, n: int) -> Path:
+    rows = [{"persona_id": f"p{i:04d}", "persona": f"Persona {i}: " + persona_sentence(hashlib.sha256(str(i).encode()).digest()), "hop": i % 3,
+             "relation": ["read", "write"][i % 2], "origin": "text_to_persona" if i % 3 == 0 else "persona_to_persona"}
+            for i in range(n)]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def responder_for(case: str, bad_personas: set[str]):
+    def respond(body: dict) -> FakeReply:
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        if schema == "persona":  # Text-to-Persona on the demonstrations (persona-enhanced mode)
+            return FakeReply(content=json.dumps({"persona": "A retired harbour master who writes about the sea for a local paper."}))
+        prompt = body["messages"][-1]["content"]
+        answer = BAD[case][0] if any(p in prompt for p in bad_personas) else GOOD[case]
+        return FakeReply(content=json.dumps(answer))
+
+    return respond
+
+
+def items_of(store: Store, summary: dict) -> list[dict]:
+    return sorted((r for f in summary["item_files"] for r in store.read_parquet(f).to_pylist()), key=lambda r: r["position"])
+
+
+def quarantine_of(store: Store, summary: dict, case: str) -> list[dict]:
+    manifest = store.read_json(f"runs/{summary['run_id']}/synthesize_{case}/manifest.json")
+    return [r for s in manifest["shards"] if s["rows"].get("quarantine")
+            for r in store.read_parquet(s["files"]["quarantine"]).to_pylist()]
+
+
+# --- persona selection ---------------------------------------------------------------------------
+def test_selection_is_a_seeded_prefix_and_filters(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "store"))
+    write_personas(tmp_path / "store" / "a.parquet", 200)
+    write_personas(tmp_path / "store" / "b.parquet", 50)  # the same ids p0000..p0049 again: one persona each
+
+    small, counts, reasons = select_personas(store, ["a.parquet", "b.parquet"], PersonaSelection(n=10, seed=1))
+    large, counts_large, _ = select_personas(store, ["a.parquet", "b.parquet"], PersonaSelection(n=40, seed=1))
+    assert small.column("persona_id").to_pylist() == large.column("persona_id").to_pylist()[:10], \
+        "the first n personas of a larger run are the smaller run's"
+    assert small.column("position").to_pylist() == list(range(10))
+    assert counts.rows_in == 250 and counts.rows_out == 10 and counts.filtered == 240
+    assert reasons == {"duplicate_id": 50, "not_sampled": 190}
+
+    every, _, _ = select_personas(store, ["a.parquet"], PersonaSelection(n=1000, seed=1))
+    assert sorted(every.column("persona_id").to_pylist()) == [f"p{i:04d}" for i in range(200)]
+    other, _, _ = select_personas(store, ["a.parquet"], PersonaSelection(n=10, seed=2))
+    assert other.column("persona_id").to_pylist() != small.column("persona_id").to_pylist()
+
+    hop0, c0, r0 = select_personas(store, ["a.parquet"], PersonaSelection(n=1000, hops=[0], relations=["read"]))
+    expected = {f"p{i:04d}" for i in range(200) if i % 3 == 0 and i % 2 == 0}
+    assert set(hop0.column("persona_id").to_pylist()) == expected
+    assert c0.rows_in == c0.rows_out + c0.filtered and r0["not_hop"] == 200 - 67
+
+
+def test_selection_reads_files_without_graph_columns(tmp_path: Path) -> None:
+    store = Store(str(tmp_path))
+    pq.write_table(pa.table({"persona_id": ["x", "y"], "persona": ["A nurse.", "A pilot."]}), tmp_path / "p.parquet")
+    table, counts, _ = select_personas(store, ["p.parquet"], PersonaSelection(n=5))
+    assert sorted(table.column("persona").to_pylist()) == ["A nurse.", "A pilot."]
+    assert table.column("hop").null_count == 2 and counts.rows_out == 2
+
+
+# --- use-case checks on real data ----------------------------------------------------------------
+@pytest.mark.skipif(not (SHARED_DATA / "math" / "gsm8k_test.jsonl").is_file(), reason="shared math data not found")
+def test_math_check_on_real_gsm8k() -> None:
+    rows = [json.loads(line) for line in (SHARED_DATA / "math" / "gsm8k_test.jsonl").open()][:300]
+    questions = [check_math_problem({"problem": r["question"]}) for r in rows]
+    with_answers = [check_math_problem({"problem": r["question"] + "\n" + r["answer"]}) for r in rows]
+    assert sum(q is None for q in questions) >= 290, "real problems without their solution pass"
+    assert all(w == "contains_solution" for w in with_answers), "every GSM8K solution ends in '#### n'"
+
+
+def test_math_check_sub_problems() -> None:
+    two = "A baker sells loaves.\n1. How many loaves does she sell in a week?\n2. What is her income?"
+    three = two + "\n3. What is her profit?"
+    assert check_math_problem({"problem": two}) is None
+    assert check_math_problem({"problem": three}) == "too_many_subproblems"
+    assert check_math_problem({"problem": "Find x such that 2x = 6. The answer is: 3"}) == "contains_solution"
+
+
+# --- the flow on the fake server -----------------------------------------------------------------
+@pytest.mark.parametrize("case", list(GOOD))
+def test_each_use_case_keeps_good_answers_and_quarantines_bad_ones(server, tmp_path: Path, case: str) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 12)
+    persona_texts = pq.read_table(personas).column("persona").to_pylist()
+    bad = set(persona_texts[::3])
+    server.responder = responder_for(case, bad)
+    variables = {"world": "A desert of singing dunes where caravans trade in water."} if case == "npc" else {}
+    summary = synthesize(SynthesizeParams(use_case=case, mode="few-shot", personas=[str(personas)],
+                                          selection=PersonaSelection(n=12), variables=variables,
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+    store = Store(str(tmp_path / "store"))
+    items, rejects = items_of(store, summary), quarantine_of(store, summary, case)
+    assert server.calls == 12
+    assert {r["persona"] for r in items} == set(persona_texts) - bad
+    assert len(rejects) == len(bad) and {r["reason"].split(":")[0] for r in rejects} == {BAD[case][1]}
+    stage = summary["stages"][-1]
+    c = stage["counts"]
+    assert c["rows_in"] == 12 == c["rows_out"] + c["filtered"] + c["quarantined"]
+    item = items[0]
+    assert json.loads(item["output"]) == GOOD[case] and item["use_case"] == case and item["mode"] == "few-shot"
+    assert item["template"].startswith(f"{case}@") and item["model"] and item["prompt_tokens"] > 0
+    prompt = server.requests[0]["messages"][-1]["content"]
+    assert "Example 1:" in prompt and "Example 2:" in prompt, "few-shot shows the shipped demonstrations"
+    if case == "npc":
+        assert "singing dunes" in prompt
+
+
+def test_rerun_pays_nothing_and_raising_n_pays_only_for_new_personas(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 30)
+    server.responder = responder_for("instructions", set())
+    common = dict(use_case="instructions", mode="zero-shot", personas=[str(personas)],
+                  store=str(tmp_path / "store"), llm_base_url=server.base_url)
+    first = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=6)))
+    store = Store(str(tmp_path / "store"))
+    first_ids = [r["persona_id"] for r in items_of(store, first)]
+    assert server.calls == 6 and "Example" not in server.requests[0]["messages"][-1]["content"]
+    again = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=6)))
+    assert server.calls == 6 and again["llm_this_run"]["calls"] == 0, "a rerun makes no call"
+    assert again["run_id"] == first["run_id"]
+    grown = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=10)))
+    assert server.calls == 10 and grown["llm_this_run"]["calls"] == 4, "only the 4 new personas are asked"
+    assert grown["run_id"] == first["run_id"], "n is not part of the run id"
+    assert [r["persona_id"] for r in items_of(store, grown)][:6] == first_ids
+
+
+def test_persona_enhanced_infers_the_demonstrations_personas_first(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 4)
+    server.responder = responder_for("math", set())
+    summary = synthesize(SynthesizeParams(use_case="math", mode="persona-enhanced", personas=[str(personas)],
+                                          selection=PersonaSelection(n=4), variables={"topic": "geometry"},
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+    stages = [s["stage"] for s in summary["stages"]]
+    assert stages == ["persona_input", "select_personas", "demo_documents", "demo_text_to_persona", "synthesize_math"]
+    assert server.calls == 2 + 4, "one Text-to-Persona call per shipped demonstration, then one per persona"
+    prompt = server.requests[-1]["messages"][-1]["content"]
+    assert prompt.count("Persona: A retired harbour master") == 2 and "in geometry" in prompt
+    assert summary["items"] == 4
+
+
+def test_an_answer_copying_a_demonstration_is_quarantined(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 2)
+    demo = json.loads((Path(__file__).resolve().parents[1] / "prompts" / "math" / "demos.jsonl").read_text().splitlines()[0])
+    copied = {"problem": "Here is one: " + " ".join(demo["output"]["problem"].split()[:12]) + " and so on, how far?"}
+    server.responder = lambda body: FakeReply(content=json.dumps(copied))
+    summary = synthesize(SynthesizeParams(use_case="math", mode="few-shot", personas=[str(personas)],
+                                          selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
+                                          llm_base_url=server.base_url))
+    assert summary["items"] == 0 and summary["stages"][-1]["reasons"] == {"copies_demonstration": 2}
+    zero = synthesize(SynthesizeParams(use_case="math", mode="zero-shot", personas=[str(personas)],
+                                       selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
+                                       llm_base_url=server.base_url))
+    assert zero["items"] == 2, "without demonstrations there is nothing to copy"
+
+
+def test_bad_parameters_fail_before_any_call(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 3)
+    common = dict(personas=[str(personas)], store=str(tmp_path / "store"), llm_base_url=server.base_url)
+    with pytest.raises(ValueError, match="needs world"):
+        synthesize(SynthesizeParams(use_case="npc", **common))
+    with pytest.raises(ValueError, match="takes no variable colour"):
+        synthesize(SynthesizeParams(use_case="math", variables={"colour": "red"}, **common))
+    with pytest.raises(ValueError, match="no variant 'riddle'"):
+        synthesize(SynthesizeParams(use_case="logic", variables={"variant": "riddle"}, **common))
+    with pytest.raises(FileNotFoundError, match="mode 'two-shot'"):
+        synthesize(SynthesizeParams(use_case="math", mode="two-shot", **common))
+    with pytest.raises(FileNotFoundError, match="no published version"):
+        synthesize(SynthesizeParams(use_case="math", store=str(tmp_path / "empty"), llm_base_url=server.base_url))
+    assert server.calls == 0
+
+
+def test_cli_synthesize(server, tmp_path: Path) -> None:
+    from personahub.cli import app
+
+    personas = write_personas(tmp_path / "personas.parquet", 5)
+    server.responder = responder_for("logic", set())
+    result = CliRunner().invoke(app, ["synthesize", "--use-case", "logic", "--mode", "zero-shot", "--n", "5",
+                                      "--var", "variant=spatial", "--personas", str(personas),
+                                      "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
+    assert result.exit_code == 0, result.output
+    assert "5 logic items (zero-shot) from 5 personas, 0 quarantined" in result.output
+    assert "positions, directions" in server.requests[0]["messages"][0]["content"], "the spatial variant's instruction"
+    missing = CliRunner().invoke(app, ["synthesize", "--use-case", "npc", "--personas", str(personas),
+                                       "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
+    assert missing.exit_code == 2 and "npc needs world" in missing.output and "Traceback" not in missing.output
+
+
+def test_hub_personas_are_read_from_the_latest_version(server, tmp_path: Path) -> None:
+    """A hub version as the source: its parts are read, and the run id names the version."""
+    from personahub.tasks.hub.publish import HUB_COLUMNS, publish_hub
+
+    store = Store(str(tmp_path / "store"))
+    rows = pq.read_table(write_personas(tmp_path / "p.parquet", 8)).to_pylist()
+    table = pa.Table.from_pylist([{c: r.get(c) for c in HUB_COLUMNS} for r in rows],
+                                 schema=pa.schema([(c, pa.int32() if c == "hop" else pa.string()) for c in HUB_COLUMNS]))
+    pq.write_table(table, tmp_path / "store" / "src.parquet")
+    publish_hub(store, "default", "run-x", ["src.parquet"], lineage={})
+    server.responder = responder_for("instructions", set())
+    summary = synthesize(SynthesizeParams(use_case="instructions", mode="zero-shot", selection=PersonaSelection(n=3),
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+    assert summary["source"] == "hub:default/v0001" and summary["items"] == 3
+    assert {r["persona_id"] for r in items_of(store, summary)} <= {r["persona_id"] for r in rows}
