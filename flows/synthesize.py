@@ -12,6 +12,7 @@ The items are Parquet shards under runs/<run_id>/synthesize_<use case>/.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -23,7 +24,7 @@ from personahub.flows.stage_runner import TASK_WORKERS, run
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.run_context import RunContext
-from personahub.tasks.core.settings import load_settings
+from personahub.tasks.core.settings import Settings, load_settings
 from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
 from personahub.tasks.crawl import plan_sources_task
 from personahub.tasks.llm.gateway import Usage
@@ -93,15 +94,25 @@ def template_variables(params: SynthesizeParams, template: PromptTemplate) -> di
     return values
 
 
-def persona_source(settings: Any, params: SynthesizeParams) -> tuple[str, dict[str, str] | list[str]]:
-    """Where the personas come from, named for the run id: the persona files' shards (path, size,
-    mtime), or the hub version's parts (`latest` resolved, so a new version makes a new run)."""
+@dataclass(frozen=True)
+class PersonaSource:
+    """Where a run's personas come from: `name` goes into the run id; either the persona files to
+    read into shards (`file_shards`, shard id → file) or a hub version's part files (`hub_files`)."""
+
+    name: str
+    file_shards: dict[str, str] = field(default_factory=dict)
+    hub_files: list[str] = field(default_factory=list)
+
+
+def persona_source(settings: Settings, params: SynthesizeParams) -> PersonaSource:
+    """The persona files' shards (named by path, size and mtime), or the hub version's parts
+    (`latest` resolved, so a new version makes a new run)."""
     if params.personas:
         shards = plan_sources_task(params.personas, persona_input.FORMATS)
-        return "files:" + params_hash({"shards": sorted(shards)})[:12], shards
+        return PersonaSource("files:" + params_hash({"shards": sorted(shards)})[:12], file_shards=shards)
     version, files = persona_selection.hub_parts_task(settings.store, settings.resolved_s3_endpoint(),
                                                       params.hub, params.hub_version)
-    return f"hub:{params.hub}/{version}", files
+    return PersonaSource(f"hub:{params.hub}/{version}", hub_files=files)
 
 
 @flow(name="synthesize", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
@@ -115,18 +126,19 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     demos = demo_files.load_demos(case, params.demos) if params.mode != "zero-shot" else []
 
     # 1. personas: a hub version or persona files, then the run's seeded selection
-    source, inputs = persona_source(settings, params)
-    run_id = params.run_id or synthesis_run_id(params, source)
+    source = persona_source(settings, params)
+    run_id = params.run_id or synthesis_run_id(params, source.name)
     run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
     get_run_logger().info("synthesis run %s in %s", run_id, run_ctx.store.uri(f"runs/{run_id}"))
     reports: list[StageReport] = []
-    files = inputs if isinstance(inputs, list) else []
-    if isinstance(inputs, dict):
-        read = run(run_ctx, Stage("persona_input", {"text_column": params.text_column}, inputs, persona_input.read_task))
+    files = source.hub_files
+    if source.file_shards:
+        read = run(run_ctx, Stage("persona_input", {"text_column": params.text_column}, source.file_shards,
+                                  persona_input.read_task))
         files = read.manifest.files()
         reports.append(read.report())
     selected = run(run_ctx, Stage.one_shard(
-        "select_personas", {"selection": params.selection.model_dump(), "source": source, "files": files},
+        "select_personas", {"selection": params.selection.model_dump(), "source": source.name, "files": files},
         persona_selection.select_task, files=files))
     reports.append(selected.report())
 
@@ -157,7 +169,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         "mode": template.mode,
         "template": template.ref,
         "model": model,
-        "source": source,
+        "source": source.name,
         "personas": selected.manifest.totals.rows_out,
         "items": items.manifest.totals.rows_out,
         "quarantined": items.manifest.totals.quarantined,
