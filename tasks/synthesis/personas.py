@@ -86,7 +86,6 @@ def select_personas(store: Store, files: Sequence[str], selection: PersonaSelect
     best_keys = np.empty(0, dtype=np.uint64)
     reasons: dict[str, int] = {}
     rows_in = 0
-    seen: set[str] = set()
     for path in files:
         with store.fs.open(store.full(path), "rb") as fh:
             parquet = pq.ParquetFile(fh)
@@ -98,16 +97,18 @@ def select_personas(store: Store, files: Sequence[str], selection: PersonaSelect
                 for reason, n in dropped.items():
                     reasons[reason] = reasons.get(reason, 0) + n
                 table = table.filter(keep)
-                ids = table.column("persona_id").to_pylist()
-                # The same persona in two files (or twice in one) is one persona.
-                fresh = [i for i, pid in enumerate(ids) if not (pid in seen or seen.add(pid))]
-                if len(fresh) < len(ids):
-                    reasons["duplicate_id"] = reasons.get("duplicate_id", 0) + len(ids) - len(fresh)
-                    table = table.take(pa.array(fresh, pa.int64()))
-                    ids = [ids[i] for i in fresh]
-                keys = persona_keys(ids, selection.seed)
+                keys = persona_keys(table.column("persona_id").to_pylist(), selection.seed)
                 best = table if best is None else pa.concat_tables([best, table])
                 best_keys = np.concatenate([best_keys, keys])
+                # The same persona in two files (or twice in one) is one persona. Its copies share
+                # its key, so looking among the candidates is enough: a copy of an evicted persona
+                # is evicted with it (counted as not sampled), and memory stays n + a batch.
+                ids = best.column("persona_id").to_pylist()
+                first = {pid: i for i, pid in reversed(list(enumerate(ids)))}
+                if len(first) < len(ids):
+                    reasons["duplicate_id"] = reasons.get("duplicate_id", 0) + len(ids) - len(first)
+                    unique = np.array(sorted(first.values()), dtype=np.int64)
+                    best, best_keys = best.take(pa.array(unique)), best_keys[unique]
                 if len(best_keys) > selection.n:
                     top = np.argpartition(best_keys, selection.n - 1)[: selection.n]
                     best, best_keys = best.take(pa.array(top)), best_keys[top]
