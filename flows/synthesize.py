@@ -4,10 +4,17 @@
       → select_personas (the first n in seeded order, after the hop / relation / origin filters)
       → [persona-enhanced mode: demo_documents → demo_text_to_persona]
       → synthesize_<use case> (LLM: one request per persona; items, or quarantined answers with a reason)
+      → [math: solve_math (several solvers, program-of-thought in the sandbox; k-of-n agreement)]
+      → [tools: implement_tools (code per interface, checked by ast and an import in the sandbox)]
+      → [judge (optional: scores on the use case's criteria)]
+      → [decontaminate (when reference test sets are given: n-gram overlap)]
+      → dataset (the run's items, runs/<run_id>/dataset/) and report.json beside it
 
 The run id hashes what the items depend on except n, so raising --n reuses the run: the first n
 personas are the same, their calls come from the cache, and only the new personas are paid for.
-The items are Parquet shards under runs/<run_id>/synthesize_<use case>/.
+Each stage after synthesis reads the previous stage's items and passes on the ones it keeps, with
+its own columns filled (answer and agreement, implementation, judge scores, contamination); what it
+holds back stays readable in its `unverified` / `contaminated` table.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.stage_runner import TASK_WORKERS, run
 from personahub.tasks.core.checkpoint import params_hash
-from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
 from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
@@ -35,7 +41,14 @@ from personahub.tasks.personas.text_to_persona import TextToPersona
 from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.synthesis import demos as demo_files
 from personahub.tasks.synthesis import personas as persona_selection
+from personahub.tasks.synthesis import dataset as dataset_stage
+from personahub.tasks.synthesis import report as quality_report
+from personahub.tasks.synthesis.decontamination import Decontamination, decontaminate_task, split_reference
+from personahub.tasks.synthesis.judge import JudgeItems
+from personahub.tasks.synthesis.math_solutions import DEFAULT_SOLVERS, SolveMath, SolverSpec, solver_templates
+from personahub.tasks.synthesis.sandbox import SandboxLimits
 from personahub.tasks.synthesis.stage import Synthesize
+from personahub.tasks.synthesis.tool_implementations import ImplementTools
 from personahub.tasks.synthesis.use_cases import MODES, USE_CASES, SynthesisParamsError, use_case
 
 DEMO_MAX_CHARS = 2000  # a demonstration's text sent to Text-to-Persona
@@ -58,6 +71,16 @@ class SynthesizeParams(BaseModel):
                               "use case's shipped prompts/<use case>/demos.jsonl")
     temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
     max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
+    solve: bool = Field(True, description="math: solve each problem with the solvers; keep those they agree on")
+    solvers: list[SolverSpec] = Field(default_factory=lambda: [s.model_copy() for s in DEFAULT_SOLVERS],
+                                      description="math: the solvers (chain-of-thought / program-of-thought, seed)")
+    min_agreement: int = Field(2, ge=1, description="math: solvers that must agree on the answer to keep a problem")
+    implement: bool = Field(True, description="tools: write each interface's code and check it in the sandbox")
+    sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit of one sandboxed program")
+    sandbox_memory_mb: int = Field(512, ge=64, description="Address-space limit of one sandboxed program")
+    judge: bool = Field(False, description="Grade every item with the LLM judge on its use case's criteria")
+    min_judge_score: float = Field(0.0, ge=0, le=5, description="Judge: the lowest mean score kept")
+    decontamination: Decontamination = Field(default_factory=Decontamination)
     shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
@@ -160,6 +183,41 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
              "demos": demo_rows, "input": selected.manifest.digest()},
             row_ranges(selected.manifest, params.shard_rows, prefix="items"), llm, params.llm_shard_parallelism))
         reports.append(items.report())
+        stages = [items]
+
+        # 4. the stages that verify and grade what was written
+        sandbox = {"timeout_s": params.sandbox_timeout_s, "memory_mb": params.sandbox_memory_mb}
+        SandboxLimits(**sandbox)
+        if case.name == "math" and params.solve:
+            if params.min_agreement > len(params.solvers):
+                raise SynthesisParamsError(f"min_agreement {params.min_agreement} exceeds the {len(params.solvers)} solvers")
+            stages.append(run(run_ctx, SolveMath.stage(
+                "solve_math", {"solvers": [s.model_dump() for s in params.solvers],
+                               "templates": solver_templates(params.solvers), "min_agreement": params.min_agreement,
+                               "sandbox": sandbox, "model": model, "input": stages[-1].manifest.digest()},
+                row_ranges(stages[-1].manifest, params.shard_rows, prefix="solve"), llm, params.llm_shard_parallelism)))
+        if case.name == "tools" and params.implement:
+            impl = load_template("tool_implementation", "zero-shot")
+            stages.append(run(run_ctx, ImplementTools.stage(
+                "implement_tools", {**llm_stage_params(impl, dict(impl.params), model, {}), "sandbox": sandbox,
+                                    "input": stages[-1].manifest.digest()},
+                row_ranges(stages[-1].manifest, params.shard_rows, prefix="impl"), llm, params.llm_shard_parallelism)))
+        if params.judge:
+            judge = load_template("judge", "zero-shot")
+            stages.append(run(run_ctx, JudgeItems.stage(
+                "judge", {**llm_stage_params(judge, dict(judge.params), model, {}), "use_case": case.name,
+                          "min_score": params.min_judge_score, "input": stages[-1].manifest.digest()},
+                row_ranges(stages[-1].manifest, params.shard_rows, prefix="judge"), llm, params.llm_shard_parallelism)))
+    if params.decontamination.references:
+        stages.append(run(run_ctx, Stage(
+            "decontaminate", {"decontamination": params.decontamination.model_dump(),
+                              "references": reference_fingerprint(params.decontamination.references),
+                              "input": stages[-1].manifest.digest()},
+            row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
+    reports.extend(stage.report() for stage in stages[1:])
+    final = run(run_ctx, Stage("dataset", {"use_case": case.name, "input": stages[-1].manifest.digest()},
+                               row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
+                               dataset_stage.copy_rows_task))
 
     usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
     summary = {
@@ -171,16 +229,28 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         "model": model,
         "source": source.name,
         "personas": selected.manifest.totals.rows_out,
-        "items": items.manifest.totals.rows_out,
+        "items": final.manifest.totals.rows_out,
+        "generated": items.manifest.totals.rows_out,
         "quarantined": items.manifest.totals.quarantined,
-        "items_path": run_ctx.store.uri(f"runs/{run_id}/synthesize_{case.name}"),
-        "item_files": items.manifest.files(),
+        "generated_files": items.manifest.files(),
+        "dataset_path": run_ctx.store.uri(f"runs/{run_id}/dataset"),
+        "dataset_files": final.manifest.files(),
         "stages": [r.as_dict() for r in reports],
         "llm_this_run": usage_now,
+        "params": params.model_dump(exclude={"llm_base_url", "store"}),
     }
-    create_markdown_artifact(key=f"synthesize-{case.name}-summary", markdown=summary_markdown(summary),
-                             description="synthesis counts and quarantine reasons")
+    report = quality_report.build_report(run_ctx.store, summary, {s.manifest.stage: s.manifest for s in stages})
+    quality_report.write_report(run_ctx.store, run_id, report)
+    summary["report"] = run_ctx.store.uri(quality_report.report_path(run_id))
+    create_markdown_artifact(key=f"synthesize-{case.name}-report", markdown=quality_report.markdown(report),
+                             description="synthesis quality report: validity, verification, decontamination, spread")
     return summary
+
+
+def reference_fingerprint(references: list[str]) -> list[str]:
+    """The reference files by path, size and modification time: a changed test set reruns the check."""
+    paths = [split_reference(r)[0] for r in references]
+    return sorted(plan_sources_task(paths, persona_input.FORMATS))
 
 
 def demo_personas(run_ctx: RunContext, demos: list[demo_files.Demo], source: str, llm: Deferred,
@@ -202,16 +272,3 @@ def demo_personas(run_ctx: RunContext, demos: list[demo_files.Demo], source: str
         raise SynthesisParamsError(f"Text-to-Persona gave no demonstration a persona ({reasons}); use other demonstrations "
                          "(--demos) or the few-shot mode")
     return rows, [documents.report(), inferred.report()]
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        f"# Synthesis `{summary['run_id']}`: {summary['items']} {summary['use_case']} items ({summary['mode']})",
-        f"From {summary['personas']} personas of `{summary['source']}`, model `{summary['model']}`, template "
-        f"`{summary['template']}`; items at `{summary['items_path']}`.",
-        "",
-        *stages_markdown(summary["stages"]),
-    ]
-    u = summary["llm_this_run"]
-    lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, {u['total_tokens']} tokens."]
-    return "\n".join(lines)

@@ -255,6 +255,15 @@ def synthesize(
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
     llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
+    solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
+    min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
+    implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),
+    judge: bool = typer.Option(False, help="Grade every item with the LLM judge on its use case's criteria"),
+    min_judge_score: float = typer.Option(0.0, help="Judge: the lowest mean score (1-5) kept"),
+    reference: Optional[list[str]] = typer.Option(None, "--reference", help="Test set to decontaminate against, "
+                                                  "JSONL/Parquet, FILE or FILE#field (repeatable)"),
+    ngram: int = typer.Option(13, help="Decontamination: words per n-gram"),
+    keep_contaminated: bool = typer.Option(False, help="Decontamination: keep contaminated items, flagged, instead of dropping them"),
     show: int = typer.Option(3, help="Items to print at the end"),
 ) -> None:
     """Synthesize one use case's items from a hub's personas (or persona files) in one prompt mode.
@@ -265,6 +274,7 @@ def synthesize(
     import fsspec
 
     from personahub.flows.synthesize import SynthesizeParams, synthesize as synthesize_flow
+    from personahub.tasks.synthesis.decontamination import Decontamination
     from personahub.tasks.synthesis.personas import PersonaSelection
     from personahub.tasks.synthesis.use_cases import SynthesisParamsError
 
@@ -280,6 +290,8 @@ def synthesize(
     params = SynthesizeParams(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
         demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id,
+        solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
+        decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
         selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or []))
     started = time.monotonic()
     try:
@@ -292,20 +304,68 @@ def synthesize(
     u = summary["llm_this_run"]
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache; tokens paid: "
                f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
-    typer.echo(f"{summary['items']} {summary['use_case']} items ({summary['mode']}) from {summary['personas']} personas, "
-               f"{summary['quarantined']} quarantined, at {summary['items_path']}  ({time.monotonic() - started:.0f} s)")
+    typer.echo(f"{summary['items']} {summary['use_case']} items ({summary['mode']}) from {summary['personas']} personas "
+               f"({summary['generated']} valid, {summary['quarantined']} quarantined), at {summary['dataset_path']}  "
+               f"({time.monotonic() - started:.0f} s)")
+    typer.echo(f"Report: {summary['report']}  (personahub report {summary['run_id']}; "
+               f"personahub export {summary['run_id']} --format jsonl|hf)")
     from personahub.tasks.core.settings import load_settings
     from personahub.tasks.core.store import Store
 
     settings = load_settings(store=store)
     st = Store(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
     shown = 0
-    for path in summary["item_files"]:
+    for path in summary["dataset_files"]:
         for row in st.read_parquet(path, columns=["persona", "text"]).to_pylist():
             if shown >= show:
                 break
             typer.echo(f"  - persona: {row['persona'][:100]}\n    {row['text'][:300]}")
             shown += 1
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="A synthesis run id (printed by personahub synthesize)"),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print report.json instead of markdown"),
+) -> None:
+    """Show a synthesis run's quality report: validity, verification, decontamination, spread."""
+    from personahub.tasks.core.settings import load_settings
+    from personahub.tasks.core.store import Store
+    from personahub.tasks.synthesis import report as quality_report
+    from personahub.tasks.synthesis.dataset import ExportError, run_report
+
+    settings = load_settings(store=store)
+    st = Store(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
+    try:
+        found = run_report(st, run_id)
+    except ExportError as exc:
+        typer.echo(f"personahub report: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(found, indent=2) if as_json else quality_report.markdown(found))
+
+
+@app.command()
+def export(
+    run_id: str = typer.Argument(..., help="A synthesis run id"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (one object per item) or hf (a folder datasets.load_dataset reads)"),
+    out: Optional[str] = typer.Option(None, help="Where to write (default: exports/<run id>[.jsonl] here)"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Export a synthesis run's dataset for training."""
+    from personahub.tasks.core.settings import load_settings
+    from personahub.tasks.core.store import Store
+    from personahub.tasks.synthesis.dataset import ExportError, export_run
+
+    settings = load_settings(store=store)
+    st = Store(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
+    target = out or (f"exports/{run_id}.jsonl" if fmt == "jsonl" else f"exports/{run_id}")
+    try:
+        written = export_run(st, run_id, target, fmt)  # type: ignore[arg-type]
+    except ExportError as exc:
+        typer.echo(f"personahub export: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"Exported {run_id} to {written}")
 
 
 @app.command()

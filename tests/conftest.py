@@ -10,6 +10,8 @@ import tempfile
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["HF_HUB_OFFLINE"] = "1"  # datasets.load_dataset on a local folder must not look for a hub repo
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="personahub-test-prefect-")
 # The ephemeral API server's 20 s start budget is too tight on a loaded 2-core machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -70,7 +70,7 @@ def responder_for(case: str, bad_personas: set[str]):
 
 
 def items_of(store: Store, summary: dict) -> list[dict]:
-    return sorted((r for f in summary["item_files"] for r in store.read_parquet(f).to_pylist()), key=lambda r: r["position"])
+    return sorted((r for f in summary["generated_files"] for r in store.read_parquet(f).to_pylist()), key=lambda r: r["position"])
 
 
 def quarantine_of(store: Store, summary: dict, case: str) -> list[dict]:
@@ -141,7 +141,7 @@ def test_each_use_case_keeps_good_answers_and_quarantines_bad_ones(server, tmp_p
     bad = set(persona_texts[::3])
     server.responder = responder_for(case, bad)
     variables = {"world": "A desert of singing dunes where caravans trade in water."} if case == "npc" else {}
-    summary = synthesize(SynthesizeParams(use_case=case, mode="few-shot", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case=case, mode="few-shot", personas=[str(personas)],
                                           selection=PersonaSelection(n=12), variables=variables,
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     store = Store(str(tmp_path / "store"))
@@ -182,7 +182,7 @@ def test_rerun_pays_nothing_and_raising_n_pays_only_for_new_personas(server, tmp
 def test_persona_enhanced_infers_the_demonstrations_personas_first(server, tmp_path: Path) -> None:
     personas = write_personas(tmp_path / "personas.parquet", 4)
     server.responder = responder_for("math", set())
-    summary = synthesize(SynthesizeParams(use_case="math", mode="persona-enhanced", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="persona-enhanced", personas=[str(personas)],
                                           selection=PersonaSelection(n=4), variables={"topic": "geometry"},
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     stages = [s["stage"] for s in summary["stages"]]
@@ -198,11 +198,11 @@ def test_an_answer_copying_a_demonstration_is_quarantined(server, tmp_path: Path
     demo = json.loads((Path(__file__).resolve().parents[1] / "prompts" / "math" / "demos.jsonl").read_text().splitlines()[0])
     copied = {"problem": "Here is one: " + " ".join(demo["output"]["problem"].split()[:12]) + " and so on, how far?"}
     server.responder = lambda body: FakeReply(content=json.dumps(copied))
-    summary = synthesize(SynthesizeParams(use_case="math", mode="few-shot", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="few-shot", personas=[str(personas)],
                                           selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
                                           llm_base_url=server.base_url))
     assert summary["items"] == 0 and summary["stages"][-1]["reasons"] == {"copies_demonstration": 2}
-    zero = synthesize(SynthesizeParams(use_case="math", mode="zero-shot", personas=[str(personas)],
+    zero = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="zero-shot", personas=[str(personas)],
                                        selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
                                        llm_base_url=server.base_url))
     assert zero["items"] == 2, "without demonstrations there is nothing to copy"
@@ -212,15 +212,15 @@ def test_bad_parameters_fail_before_any_call(server, tmp_path: Path) -> None:
     personas = write_personas(tmp_path / "personas.parquet", 3)
     common = dict(personas=[str(personas)], store=str(tmp_path / "store"), llm_base_url=server.base_url)
     with pytest.raises(ValueError, match="needs world"):
-        synthesize(SynthesizeParams(use_case="npc", **common))
+        synthesize(SynthesizeParams(solve=False, implement=False, use_case="npc", **common))
     with pytest.raises(ValueError, match="takes no variable colour"):
-        synthesize(SynthesizeParams(use_case="math", variables={"colour": "red"}, **common))
+        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", variables={"colour": "red"}, **common))
     with pytest.raises(ValueError, match="no variant 'riddle'"):
-        synthesize(SynthesizeParams(use_case="logic", variables={"variant": "riddle"}, **common))
+        synthesize(SynthesizeParams(solve=False, implement=False, use_case="logic", variables={"variant": "riddle"}, **common))
     with pytest.raises(FileNotFoundError, match="mode 'two-shot'"):
-        synthesize(SynthesizeParams(use_case="math", mode="two-shot", **common))
+        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="two-shot", **common))
     with pytest.raises(FileNotFoundError, match="no published version"):
-        synthesize(SynthesizeParams(use_case="math", store=str(tmp_path / "empty"), llm_base_url=server.base_url))
+        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", store=str(tmp_path / "empty"), llm_base_url=server.base_url))
     assert server.calls == 0
 
 
@@ -233,8 +233,31 @@ def test_cli_synthesize(server, tmp_path: Path) -> None:
                                       "--var", "variant=spatial", "--personas", str(personas),
                                       "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
     assert result.exit_code == 0, result.output
-    assert "5 logic items (zero-shot) from 5 personas, 0 quarantined" in result.output
+    assert "5 logic items (zero-shot) from 5 personas (5 valid, 0 quarantined)" in result.output
     assert "positions, directions" in server.requests[0]["messages"][0]["content"], "the spatial variant's instruction"
+    run_id = next(line.split("personahub report ")[1].split(";")[0] for line in result.output.splitlines()
+                  if "personahub report " in line)
+
+    shown = CliRunner().invoke(app, ["report", run_id, "--store", str(tmp_path / "store")])
+    assert shown.exit_code == 0, shown.output
+    assert "5 of 5 answers valid (100%)" in shown.output and "| synthesize_logic | 5 | 5 | 0 | 0 |" in shown.output
+    jsonl = CliRunner().invoke(app, ["export", run_id, "--format", "jsonl", "--out", str(tmp_path / "out.jsonl"),
+                                     "--store", str(tmp_path / "store")])
+    assert jsonl.exit_code == 0, jsonl.output
+    exported = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(exported) == 5 and all(row["output"] == GOOD["logic"] for row in exported)
+    assert "answer" not in exported[0], "columns no item filled are left out"
+    hf = CliRunner().invoke(app, ["export", run_id, "--format", "hf", "--out", str(tmp_path / "hf"),
+                                  "--store", str(tmp_path / "store")])
+    assert hf.exit_code == 0, hf.output
+    import datasets
+
+    loaded = datasets.load_dataset(str(tmp_path / "hf"), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert loaded.num_rows == 5 and sorted(loaded["persona_id"]) == sorted(r["persona_id"] for r in exported)
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "fake-model" in card and "logic@" in card and "in this dataset: 5" in card
+    unknown = CliRunner().invoke(app, ["report", "syn-nope", "--store", str(tmp_path / "store")])
+    assert unknown.exit_code == 2 and "no synthesis report" in unknown.output
     missing = CliRunner().invoke(app, ["synthesize", "--use-case", "npc", "--personas", str(personas),
                                        "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
     assert missing.exit_code == 2 and "npc needs world" in missing.output and "Traceback" not in missing.output
@@ -251,7 +274,7 @@ def test_hub_personas_are_read_from_the_latest_version(server, tmp_path: Path) -
     pq.write_table(table, tmp_path / "store" / "src.parquet")
     publish_hub(store, "default", "run-x", ["src.parquet"], lineage={})
     server.responder = responder_for("instructions", set())
-    summary = synthesize(SynthesizeParams(use_case="instructions", mode="zero-shot", selection=PersonaSelection(n=3),
+    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="instructions", mode="zero-shot", selection=PersonaSelection(n=3),
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     assert summary["source"] == "hub:default/v0001" and summary["items"] == 3
     assert {r["persona_id"] for r in items_of(store, summary)} <= {r["persona_id"] for r in rows}

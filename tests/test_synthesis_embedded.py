@@ -22,9 +22,11 @@ PERSONAS = ["A night-shift nurse on a children's ward who keeps careful medicati
 def test_synthesis_on_the_embedded_model(tmp_path: Path, embedded_model: tuple, case: str, mode: str) -> None:
     personas = tmp_path / "personas.jsonl"
     personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
-    summary = synthesize(SynthesizeParams(use_case=case, mode=mode, personas=[str(personas)],
+    # The verifying stages run where they cost least: math's solvers in few-shot mode, tools' code in zero-shot.
+    summary = synthesize(SynthesizeParams(use_case=case, mode=mode, personas=[str(personas)], solve=mode == "few-shot",
                                           selection=PersonaSelection(n=2), store=str(tmp_path / "store")))
-    stage = summary["stages"][-1]
+    stages = {s["stage"]: s for s in summary["stages"]}
+    stage = stages[f"synthesize_{case}"]
     c = stage["counts"]
     assert c["rows_in"] == 2 and c["rows_out"] + c["quarantined"] == 2, "every answer kept or quarantined"
     assert summary["model"] == "SmolLM2-135M-Instruct-Q4_1"
@@ -34,5 +36,16 @@ def test_synthesis_on_the_embedded_model(tmp_path: Path, embedded_model: tuple, 
     if case == "math":
         # Real items came out (5 calls gave 4 usable problems on this model), not only counts that add up.
         assert c["rows_out"] >= 1, stage["reasons"]
-        items = [r for f in summary["item_files"] for r in Store(str(tmp_path / "store")).read_parquet(f).to_pylist()]
+        items = [r for f in summary["generated_files"] for r in Store(str(tmp_path / "store")).read_parquet(f).to_pylist()]
         assert all(len(r["text"]) >= 40 and json.loads(r["output"])["problem"] == r["text"] for r in items)
+    if "solve_math" in stages or "implement_tools" in stages:
+        verify = stages.get("solve_math") or stages["implement_tools"]
+        v = verify["counts"]
+        assert v["rows_in"] == c["rows_out"] and v["rows_in"] == v["rows_out"] + v["filtered"] + v["quarantined"]
+        report = Store(str(tmp_path / "store")).read_json(f"runs/{summary['run_id']}/report.json")
+        if case == "math":
+            # Every problem was solved three ways, the program run in the sandbox, and the agreement counted.
+            assert sum(report["math"]["agreement"].values()) + v["quarantined"] == v["rows_in"]
+            assert all(key.endswith("of 3") for key in report["math"]["agreement"])
+        else:
+            assert report["tools"]["asked"] == v["rows_in"] and report["tools"]["imports"] == v["rows_out"]

@@ -68,7 +68,7 @@ class _BadLine:
         self.reason, self.value = reason, value
 
 
-def _records(path: str, fh: io.BufferedIOBase) -> Iterator[list[Any]]:
+def read_records(path: str, fh: io.BufferedIOBase) -> Iterator[list[Any]]:
     if path.endswith(".parquet"):
         for batch in pq.ParquetFile(fh).iter_batches(batch_size=BATCH_ROWS):
             yield batch.to_pylist()
@@ -91,7 +91,7 @@ def read_persona_shard(checkpoint: StageCheckpoint, shard_id: str, path: str, te
     schema = pa.schema([pa.field("persona_id", pa.string()), pa.field("persona", pa.string()), pa.field("source", pa.string()),
                         pa.field("row", pa.int64()), pa.field("extra", pa.string())])
     with fsspec.open(path, "rb") as fh, checkpoint.open_shard(shard_id, {"data": schema, "quarantine": QUARANTINE_SCHEMA}) as shard:
-        for batch in _records(path, fh):
+        for batch in read_records(path, fh):
             good: list[dict[str, Any]] = []
             bad: list[dict[str, Any]] = []
             for item in batch:

@@ -39,6 +39,16 @@ ITEM_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("cached", pa.bool_()),
+    # Filled by the stages after synthesis (null until then, or for other use cases):
+    ("answer", pa.string()),  # math: the majority final answer of the solvers
+    ("agreement", pa.int64()),  # math: solvers whose answers agree with it (the k of "k of n")
+    ("solvers", pa.int64()),  # math: solvers asked (the n)
+    ("solutions", pa.string()),  # math: each solver's solution, answer and (program) output, JSON
+    ("implementation", pa.string()),  # tools: the function's code, checked in the sandbox
+    ("checks", pa.string()),  # tools: what the sandbox found (parameters, missing dependencies), JSON
+    ("judge_score", pa.float64()),  # the judge's mean score over its criteria
+    ("judge_scores", pa.string()),  # criterion → score, JSON
+    ("contamination", pa.float64()),  # share of the item's n-grams found in the reference test sets
 ])
 REJECT_SCHEMA = pa.schema([
     ("persona_id", pa.string()),
