@@ -105,3 +105,140 @@ def test_math_problems_are_solved_three_ways_and_kept_when_two_agree(server, tmp
     assert [r["text"].split(":")[0] for r in dataset_rows(store, stricter)] == ["Problem 0"]
     with pytest.raises(ValueError, match="exceeds the 3 solvers"):
         synthesize(SynthesizeParams(**common, min_agreement=4))
+
+
+# --- tools: the code parses, defines the function, imports in the sandbox --------------------
+
+# Per persona: the implementation the fake model writes, and where it must end up.
+IMPLEMENTATIONS = [
+    ("```python\nimport json\n\ndef get_tide_table(harbour, day):\n    return {'harbour': harbour, 'day': day}\n```", "data"),
+    ("```python\ndef get_tide_table(harbour, day)\n    return 1\n```", "syntax_error"),
+    ("```python\ndef get_tide_table(port):\n    return port\n```", "argument_mismatch"),
+    ("```python\ndef tide(harbour, day):\n    return 1\n```", "missing_function"),
+    ("```python\nimport tidal_magic_pkg\n\ndef get_tide_table(harbour, day):\n    return tidal_magic_pkg.get(harbour)\n```",
+     "missing_dependency"),
+    ("```python\nimport undeclared_xyz_mod\n\ndef get_tide_table(harbour, day):\n    return 1\n```", "undeclared_import"),
+    ("```python\nraise RuntimeError('broken at import')\n\ndef get_tide_table(harbour, day):\n    return 1\n```", "import_error"),
+    ("Sorry, I cannot write code.", "no_code"),
+    # Top-level code that phones home: the sandbox refuses the socket, so the import fails.
+    ("```python\nimport urllib.request\nurllib.request.urlopen('http://127.0.0.1:9/')\n\ndef get_tide_table(harbour, day):\n"
+     "    return 1\n```", "import_error"),
+]
+
+
+def tools_responder(body: dict) -> FakeReply:
+    prompt = body["messages"][-1]["content"]
+    if prompt.startswith("Implement this tool interface"):
+        index = int(re.search(r"Tide table lookup (\d+)", prompt).group(1))
+        return FakeReply(content=IMPLEMENTATIONS[index][0])
+    i = persona_index(body)
+    return FakeReply(content=json.dumps({
+        "name": f"Tide table lookup {i}", "description": f"Returns the next tides for harbour number {i}.",
+        "function_name": "get_tide_table",
+        "input_args": {"harbour": {"type": "string", "description": "Harbour name"},
+                       "day": {"type": "string", "description": "ISO date"}},
+        "return": {"type": "object", "description": "Times and heights"},
+        # Only the fifth declares a package that is not installed here; a service name is never looked up.
+        "dependencies": ["requests", "NOAA tides API", *(["tidal-magic-pkg"] if i == 4 else [])]}))
+
+
+def test_tool_implementations_are_checked_in_the_sandbox(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", len(IMPLEMENTATIONS))
+    server.responder = tools_responder
+    summary = synthesize(SynthesizeParams(use_case="tools", mode="zero-shot", personas=[str(personas)],
+                                          selection=PersonaSelection(n=len(IMPLEMENTATIONS)), sandbox_timeout_s=5,
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+    store = Store(str(tmp_path / "store"))
+    where = {}
+    for row in dataset_rows(store, summary):
+        where[row["persona_id"]] = "data"
+    for row in run_rows(store, summary["run_id"], "implement_tools", "unverified"):
+        where[row["persona_id"]] = "missing_dependency"
+        assert json.loads(row["checks"])["missing"] == ["tidal_magic_pkg"], "named, not installed"
+    for row in run_rows(store, summary["run_id"], "implement_tools", "quarantine"):
+        where[row["persona_id"]] = row["reason"].split(":")[0]
+    assert where == {f"p{i:04d}": expected for i, (_, expected) in enumerate(IMPLEMENTATIONS)}
+    good = dataset_rows(store, summary)[0]
+    assert "def get_tide_table(harbour, day)" in good["implementation"]
+    assert json.loads(good["checks"]) == {"missing": [], "parameters": ["harbour", "day"], "status": "ok"}
+
+    tools = store.read_json(f"runs/{summary['run_id']}/report.json")["tools"]
+    n = len(IMPLEMENTATIONS)
+    assert tools["asked"] == n and tools["parsed"] == n - 2 and tools["defines_function"] == n - 4
+    assert tools["imports"] == 1 and tools["missing_dependencies"] == {"tidal_magic_pkg": 1}
+
+
+# --- judge --------------------------------------------------------------------------------------
+
+def judge_responder(body: dict) -> FakeReply:
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+    if schema != "scores":
+        return FakeReply(content=json.dumps({"prompt": f"Persona {persona_index(body)}: help me plan my day at the harbour."}))
+    i = int(re.search(r"Persona (\d+):", body["messages"][-1]["content"]).group(1))
+    if i == 3:
+        return FakeReply(content=json.dumps({"plausible": 5}))  # a criterion missing: not a grade
+    return FakeReply(content=json.dumps({"plausible": [5, 4, 1][i], "clear": [5, 3, 2][i]}))
+
+
+def test_the_judge_scores_every_item_and_filters_by_its_mean(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 4)
+    server.responder = judge_responder
+    summary = synthesize(SynthesizeParams(use_case="instructions", mode="zero-shot", personas=[str(personas)], judge=True,
+                                          min_judge_score=3, selection=PersonaSelection(n=4),
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+    store = Store(str(tmp_path / "store"))
+    kept = {r["persona_id"]: r for r in dataset_rows(store, summary)}
+    assert {k: v["judge_score"] for k, v in kept.items()} == {"p0000": 5.0, "p0001": 3.5}
+    assert json.loads(kept["p0001"]["judge_scores"]) == {"clear": 3, "plausible": 4}
+    assert [r["persona_id"] for r in run_rows(store, summary["run_id"], "judge", "unverified")] == ["p0002"]
+    rejected = run_rows(store, summary["run_id"], "judge", "quarantine")
+    assert [(r["persona_id"], r["reason"].split(":")[0]) for r in rejected] == [("p0003", "schema_invalid")]
+    judge = store.read_json(f"runs/{summary['run_id']}/report.json")["judge"]
+    assert judge == {"judged": 3, "kept": 2, "mean": round((5 + 3.5 + 1.5) / 3, 3), "scores": {"1.5": 1, "3.5": 1, "5.0": 1}}
+    criteria = server.requests[-1]["messages"][-1]["content"]
+    assert "- plausible:" in criteria and "- clear:" in criteria
+
+
+# --- decontamination against real test sets -----------------------------------------------------
+
+def independent_13gram_share(text: str, reference: str) -> float:
+    """The share of the text's word 13-grams found in the reference, computed without the module."""
+    def grams(t: str) -> set[tuple[str, ...]]:
+        w = re.findall(r"\w+", t.lower())
+        return {tuple(w[i:i + 13]) for i in range(len(w) - 12)}
+    mine = grams(text)
+    return len(mine & grams(reference)) / len(mine) if mine else 0.0
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "math" / "gsm8k_test.jsonl").exists(), reason="../shared/data/math not present")
+def test_a_copied_gsm8k_question_is_caught_and_a_paraphrase_is_not(server, tmp_path: Path) -> None:
+    gsm8k = SHARED_DATA / "math" / "gsm8k_test.jsonl"
+    math500 = SHARED_DATA / "math" / "MATH500_test_prm800k_split.jsonl"
+    questions = [json.loads(line)["question"] for line in gsm8k.read_text().splitlines()[:50]]
+    copied = questions[7]
+    paraphrase = ("A woman keeps ducks whose daily output is sixteen eggs; three go into her breakfast and four into "
+                  "muffins for friends, and each remaining egg fetches two dollars at the market. Find her daily income.")
+    original = "A harbour pilot guides 4 ships in the morning and 5 in the afternoon, six days a week. How many in a week?"
+    # The expected shares, computed independently of the module: the copy is all shared, the others share none.
+    reference_text = "\n".join(questions)
+    assert independent_13gram_share(copied, reference_text) == 1.0
+    assert independent_13gram_share(paraphrase, gsm8k.read_text()) == 0.0
+    texts = [copied, paraphrase, original]
+    server.responder = lambda body: FakeReply(content=json.dumps({"problem": texts[persona_index(body)]}))
+    personas = write_personas(tmp_path / "personas.parquet", 3)
+    common = dict(use_case="math", mode="zero-shot", personas=[str(personas)], solve=False,
+                  selection=PersonaSelection(n=3), store=str(tmp_path / "store"), llm_base_url=server.base_url)
+    references = [str(gsm8k), f"{math500}#problem"]
+    summary = synthesize(SynthesizeParams(**common, decontamination=Decontamination(references=references)))
+    store = Store(str(tmp_path / "store"))
+    assert sorted(r["text"] for r in dataset_rows(store, summary)) == sorted([paraphrase, original])
+    assert all(r["contamination"] == 0.0 for r in dataset_rows(store, summary))
+    dropped = run_rows(store, summary["run_id"], "decontaminate", "contaminated")
+    assert [(r["text"], r["contamination"]) for r in dropped] == [(copied, 1.0)]
+    report = store.read_json(f"runs/{summary['run_id']}/report.json")["decontamination"]
+    assert (report["checked"], report["contaminated"], report["flagged_kept"], report["n"]) == (3, 1, 0, 13)
+
+    kept = synthesize(SynthesizeParams(**common, decontamination=Decontamination(references=references, drop=False)))
+    flagged = {r["text"]: r["contamination"] for r in dataset_rows(store, kept)}
+    assert flagged == {copied: 1.0, paraphrase: 0.0, original: 0.0}
+    assert store.read_json(f"runs/{kept['run_id']}/report.json")["decontamination"]["flagged_kept"] == 1
