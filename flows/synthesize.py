@@ -42,11 +42,11 @@ from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.synthesis import demos as demo_files
 from personahub.tasks.synthesis import personas as persona_selection
 from personahub.tasks.synthesis import dataset as dataset_stage
+from personahub.tasks.synthesis.diversity import DiversityParams, diversity_task
 from personahub.tasks.synthesis import report as quality_report
 from personahub.tasks.synthesis.decontamination import Decontamination, decontaminate_task, split_reference
 from personahub.tasks.synthesis.judge import JudgeItems
 from personahub.tasks.synthesis.math_solutions import DEFAULT_SOLVERS, SolveMath, SolverSpec, solver_templates
-from personahub.tasks.synthesis.sandbox import SandboxLimits
 from personahub.tasks.synthesis.stage import Synthesize
 from personahub.tasks.synthesis.tool_implementations import ImplementTools
 from personahub.tasks.synthesis.use_cases import MODES, USE_CASES, SynthesisParamsError, use_case
@@ -81,19 +81,24 @@ class SynthesizeParams(BaseModel):
     judge: bool = Field(False, description="Grade every item with the LLM judge on its use case's criteria")
     min_judge_score: float = Field(0.0, ge=0, le=5, description="Judge: the lowest mean score kept")
     decontamination: Decontamination = Field(default_factory=Decontamination)
+    diversity: DiversityParams = Field(default_factory=DiversityParams)
     shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
     llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
     llm_model: str | None = Field(None, description="Override the model name")
+    embedding_base_url: str | None = Field(None, description="Override the embeddings endpoint (diversity); unset and "
+                                           "unconfigured = embedded model")
+    embedding_model: str | None = Field(None, description="Override the embedding model name")
 
 
 def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
     """A run id from what the items depend on, except n (raising n resumes the run) and where the
     run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
     keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "shard_rows", "personas",
-                                      "hub", "hub_version", "llm_base_url"})
+                                      "hub", "hub_version", "llm_base_url",
+                                      "embedding_base_url"})
     keys["selection"].pop("n")
     return f"syn-{params.use_case}-{params_hash({**keys, 'source': source})[:10]}"
 
@@ -120,11 +125,13 @@ def template_variables(params: SynthesizeParams, template: PromptTemplate) -> di
 @dataclass(frozen=True)
 class PersonaSource:
     """Where a run's personas come from: `name` goes into the run id; either the persona files to
-    read into shards (`file_shards`, shard id → file) or a hub version's part files (`hub_files`)."""
+    read into shards (`file_shards`, shard id → file) or a hub version's part files (`hub_files`),
+    with its stored embedding index (`embedding_index`: model, dim, vector shards) if it has one."""
 
     name: str
     file_shards: dict[str, str] = field(default_factory=dict)
     hub_files: list[str] = field(default_factory=list)
+    embedding_index: dict[str, Any] | None = None
 
 
 def persona_source(settings: Settings, params: SynthesizeParams) -> PersonaSource:
@@ -133,9 +140,9 @@ def persona_source(settings: Settings, params: SynthesizeParams) -> PersonaSourc
     if params.personas:
         shards = plan_sources_task(params.personas, persona_input.FORMATS)
         return PersonaSource("files:" + params_hash({"shards": sorted(shards)})[:12], file_shards=shards)
-    version, files = persona_selection.hub_parts_task(settings.store, settings.resolved_s3_endpoint(),
-                                                      params.hub, params.hub_version)
-    return PersonaSource(f"hub:{params.hub}/{version}", hub_files=files)
+    version, files, index = persona_selection.hub_parts_task(settings.store, settings.resolved_s3_endpoint(),
+                                                             params.hub, params.hub_version)
+    return PersonaSource(f"hub:{params.hub}/{version}", hub_files=files, embedding_index=index)
 
 
 @flow(name="synthesize", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
@@ -144,9 +151,12 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     case = use_case(params.use_case)
     template = load_template(case.name, params.mode)  # an unknown mode fails here, before any work
     variables = template_variables(params, template)
-    settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model)
+    settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
+                             embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     model = resolve_model(settings)
     demos = demo_files.load_demos(case, params.demos) if params.mode != "zero-shot" else []
+    if case.name == "math" and params.solve and params.min_agreement > len(params.solvers):
+        raise SynthesisParamsError(f"min_agreement {params.min_agreement} exceeds the {len(params.solvers)} solvers")
 
     # 1. personas: a hub version or persona files, then the run's seeded selection
     source = persona_source(settings, params)
@@ -177,20 +187,25 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
             reports.extend(demo_reports)
 
         # 3. the use case itself, in shards of shard_rows personas
+        synthesis_params = {**llm_stage_params(template, sampling, model, {}), "use_case": case.name,
+                            "variables": variables, "demos": demo_rows}
         items = run(run_ctx, Synthesize.stage(
-            f"synthesize_{case.name}",
-            {**llm_stage_params(template, sampling, model, {}), "use_case": case.name, "variables": variables,
-             "demos": demo_rows, "input": selected.manifest.digest()},
+            f"synthesize_{case.name}", {**synthesis_params, "input": selected.manifest.digest()},
             row_ranges(selected.manifest, params.shard_rows, prefix="items"), llm, params.llm_shard_parallelism))
         reports.append(items.report())
         stages = [items]
 
-        # 4. the stages that verify and grade what was written
+        # 4. decontamination first (it costs no call, and a copied test question is worth no solver's)
+        if params.decontamination.references:
+            stages.append(run(run_ctx, Stage(
+                "decontaminate", {"decontamination": params.decontamination.model_dump(),
+                                  "references": reference_fingerprint(params.decontamination.references),
+                                  "input": stages[-1].manifest.digest()},
+                row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
+
+        # 5. the stages that verify and grade what was written
         sandbox = {"timeout_s": params.sandbox_timeout_s, "memory_mb": params.sandbox_memory_mb}
-        SandboxLimits(**sandbox)
         if case.name == "math" and params.solve:
-            if params.min_agreement > len(params.solvers):
-                raise SynthesisParamsError(f"min_agreement {params.min_agreement} exceeds the {len(params.solvers)} solvers")
             stages.append(run(run_ctx, SolveMath.stage(
                 "solve_math", {"solvers": [s.model_dump() for s in params.solvers],
                                "templates": solver_templates(params.solvers), "min_agreement": params.min_agreement,
@@ -208,16 +223,25 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
                 "judge", {**llm_stage_params(judge, dict(judge.params), model, {}), "use_case": case.name,
                           "min_score": params.min_judge_score, "input": stages[-1].manifest.digest()},
                 row_ranges(stages[-1].manifest, params.shard_rows, prefix="judge"), llm, params.llm_shard_parallelism)))
-    if params.decontamination.references:
-        stages.append(run(run_ctx, Stage(
-            "decontaminate", {"decontamination": params.decontamination.model_dump(),
-                              "references": reference_fingerprint(params.decontamination.references),
-                              "input": stages[-1].manifest.digest()},
-            row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
-    reports.extend(stage.report() for stage in stages[1:])
-    final = run(run_ctx, Stage("dataset", {"use_case": case.name, "input": stages[-1].manifest.digest()},
-                               row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
-                               dataset_stage.copy_rows_task))
+        reports.extend(stage.report() for stage in stages[1:])
+        final = run(run_ctx, Stage("dataset", {"use_case": case.name, "input": stages[-1].manifest.digest()},
+                                   row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
+                                   dataset_stage.copy_rows_task))
+
+        # 6. diversity (Figure 10): persona pairs near each target similarity, their greedy outputs compared
+        diverse = None
+        if params.diversity.enabled:
+            from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when it runs
+
+            with EmbeddingEndpoint(settings) as embedder:
+                embeddings = Deferred(lambda: embedder.worker_config())
+                diverse = run(run_ctx, Stage.one_shard(
+                    "diversity", {"diversity": params.diversity.model_dump(), "selection": params.selection.model_dump(),
+                                  "synthesis": synthesis_params, "embedding_model": embedder.model,
+                                  "source": source.name, "dataset": final.manifest.digest()},
+                    diversity_task, files=files, hub_index=source.embedding_index, llm=llm,
+                    embeddings=embeddings, dataset_files=final.manifest.files()))
+            reports.append(diverse.report())
 
     usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
     summary = {
@@ -237,10 +261,11 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         "dataset_files": final.manifest.files(),
         "stages": [r.as_dict() for r in reports],
         "llm_this_run": usage_now,
-        "params": params.model_dump(exclude={"llm_base_url", "store"}),
+        "params": params.model_dump(exclude={"llm_base_url", "embedding_base_url", "store"}),
     }
-    report = quality_report.build_report(run_ctx.store, summary, {s.manifest.stage: s.manifest for s in stages})
-    quality_report.write_report(run_ctx.store, run_id, report)
+    manifests = {s.manifest.stage: s.manifest for s in [*stages, *([diverse] if diverse else [])]}
+    report = quality_report.build_report(run_ctx.store, summary, manifests)
+    quality_report.write_report(run_ctx.store, run_id, report, manifests.get("diversity"))
     summary["report"] = run_ctx.store.uri(quality_report.report_path(run_id))
     create_markdown_artifact(key=f"synthesize-{case.name}-report", markdown=quality_report.markdown(report),
                              description="synthesis quality report: validity, verification, decontamination, spread")

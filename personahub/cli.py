@@ -254,6 +254,8 @@ def synthesize(
     store: Optional[str] = StoreOpt,
     llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
     llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    embedding_base_url: Optional[str] = typer.Option(None, help="Embeddings endpoint …/v1 for the diversity measure (default: embedded model)"),
+    diversity: bool = typer.Option(True, help="Measure diversity (the paper's Figure 10) and plot it"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
@@ -290,6 +292,7 @@ def synthesize(
     params = SynthesizeParams(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
         demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id,
+        embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
         solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
         selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or []))

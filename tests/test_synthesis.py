@@ -19,6 +19,9 @@ from personahub.tasks.core.store import Store
 from personahub.tasks.synthesis.personas import PersonaSelection, select_personas
 from personahub.tasks.synthesis.use_cases import check_math_problem
 
+NO_DIVERSITY = {"enabled": False}  # its greedy calls are counted in test_synthesis_verify.py
+# Only the generation stage, so the calls counted are its own (the later stages: test_synthesis_verify.py).
+GENERATION_ONLY = dict(solve=False, implement=False, diversity=NO_DIVERSITY)
 SHARED_DATA = Path(os.environ.get("PERSONAHUB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 GOOD = {
@@ -141,7 +144,7 @@ def test_each_use_case_keeps_good_answers_and_quarantines_bad_ones(server, tmp_p
     bad = set(persona_texts[::3])
     server.responder = responder_for(case, bad)
     variables = {"world": "A desert of singing dunes where caravans trade in water."} if case == "npc" else {}
-    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case=case, mode="few-shot", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(**GENERATION_ONLY, use_case=case, mode="few-shot", personas=[str(personas)],
                                           selection=PersonaSelection(n=12), variables=variables,
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     store = Store(str(tmp_path / "store"))
@@ -164,7 +167,7 @@ def test_each_use_case_keeps_good_answers_and_quarantines_bad_ones(server, tmp_p
 def test_rerun_pays_nothing_and_raising_n_pays_only_for_new_personas(server, tmp_path: Path) -> None:
     personas = write_personas(tmp_path / "personas.parquet", 30)
     server.responder = responder_for("instructions", set())
-    common = dict(use_case="instructions", mode="zero-shot", personas=[str(personas)],
+    common = dict(use_case="instructions", mode="zero-shot", personas=[str(personas)], diversity=NO_DIVERSITY,
                   store=str(tmp_path / "store"), llm_base_url=server.base_url)
     first = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=6)))
     store = Store(str(tmp_path / "store"))
@@ -182,7 +185,7 @@ def test_rerun_pays_nothing_and_raising_n_pays_only_for_new_personas(server, tmp
 def test_persona_enhanced_infers_the_demonstrations_personas_first(server, tmp_path: Path) -> None:
     personas = write_personas(tmp_path / "personas.parquet", 4)
     server.responder = responder_for("math", set())
-    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="persona-enhanced", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(**GENERATION_ONLY, use_case="math", mode="persona-enhanced", personas=[str(personas)],
                                           selection=PersonaSelection(n=4), variables={"topic": "geometry"},
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     stages = [s["stage"] for s in summary["stages"]]
@@ -198,11 +201,11 @@ def test_an_answer_copying_a_demonstration_is_quarantined(server, tmp_path: Path
     demo = json.loads((Path(__file__).resolve().parents[1] / "prompts" / "math" / "demos.jsonl").read_text().splitlines()[0])
     copied = {"problem": "Here is one: " + " ".join(demo["output"]["problem"].split()[:12]) + " and so on, how far?"}
     server.responder = lambda body: FakeReply(content=json.dumps(copied))
-    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="few-shot", personas=[str(personas)],
+    summary = synthesize(SynthesizeParams(**GENERATION_ONLY, use_case="math", mode="few-shot", personas=[str(personas)],
                                           selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
                                           llm_base_url=server.base_url))
     assert summary["items"] == 0 and summary["stages"][-1]["reasons"] == {"copies_demonstration": 2}
-    zero = synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="zero-shot", personas=[str(personas)],
+    zero = synthesize(SynthesizeParams(**GENERATION_ONLY, use_case="math", mode="zero-shot", personas=[str(personas)],
                                        selection=PersonaSelection(n=2), store=str(tmp_path / "store"),
                                        llm_base_url=server.base_url))
     assert zero["items"] == 2, "without demonstrations there is nothing to copy"
@@ -210,17 +213,18 @@ def test_an_answer_copying_a_demonstration_is_quarantined(server, tmp_path: Path
 
 def test_bad_parameters_fail_before_any_call(server, tmp_path: Path) -> None:
     personas = write_personas(tmp_path / "personas.parquet", 3)
-    common = dict(personas=[str(personas)], store=str(tmp_path / "store"), llm_base_url=server.base_url)
+    common = dict(personas=[str(personas)], store=str(tmp_path / "store"), llm_base_url=server.base_url,
+                  diversity=NO_DIVERSITY)
     with pytest.raises(ValueError, match="needs world"):
-        synthesize(SynthesizeParams(solve=False, implement=False, use_case="npc", **common))
+        synthesize(SynthesizeParams(use_case="npc", **common))
     with pytest.raises(ValueError, match="takes no variable colour"):
-        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", variables={"colour": "red"}, **common))
+        synthesize(SynthesizeParams(use_case="math", variables={"colour": "red"}, **common))
     with pytest.raises(ValueError, match="no variant 'riddle'"):
-        synthesize(SynthesizeParams(solve=False, implement=False, use_case="logic", variables={"variant": "riddle"}, **common))
+        synthesize(SynthesizeParams(use_case="logic", variables={"variant": "riddle"}, **common))
     with pytest.raises(FileNotFoundError, match="mode 'two-shot'"):
-        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", mode="two-shot", **common))
+        synthesize(SynthesizeParams(use_case="math", mode="two-shot", **common))
     with pytest.raises(FileNotFoundError, match="no published version"):
-        synthesize(SynthesizeParams(solve=False, implement=False, use_case="math", store=str(tmp_path / "empty"), llm_base_url=server.base_url))
+        synthesize(SynthesizeParams(**GENERATION_ONLY, use_case="math", store=str(tmp_path / "empty"), llm_base_url=server.base_url))
     assert server.calls == 0
 
 
@@ -231,7 +235,8 @@ def test_cli_synthesize(server, tmp_path: Path) -> None:
     server.responder = responder_for("logic", set())
     result = CliRunner().invoke(app, ["synthesize", "--use-case", "logic", "--mode", "zero-shot", "--n", "5",
                                       "--var", "variant=spatial", "--personas", str(personas),
-                                      "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
+                                      "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url,
+                                      "--embedding-base-url", server.base_url])
     assert result.exit_code == 0, result.output
     assert "5 logic items (zero-shot) from 5 personas (5 valid, 0 quarantined)" in result.output
     assert "positions, directions" in server.requests[0]["messages"][0]["content"], "the spatial variant's instruction"
@@ -274,7 +279,7 @@ def test_hub_personas_are_read_from_the_latest_version(server, tmp_path: Path) -
     pq.write_table(table, tmp_path / "store" / "src.parquet")
     publish_hub(store, "default", "run-x", ["src.parquet"], lineage={})
     server.responder = responder_for("instructions", set())
-    summary = synthesize(SynthesizeParams(solve=False, implement=False, use_case="instructions", mode="zero-shot", selection=PersonaSelection(n=3),
+    summary = synthesize(SynthesizeParams(**GENERATION_ONLY, use_case="instructions", mode="zero-shot", selection=PersonaSelection(n=3),
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     assert summary["source"] == "hub:default/v0001" and summary["items"] == 3
     assert {r["persona_id"] for r in items_of(store, summary)} <= {r["persona_id"] for r in rows}

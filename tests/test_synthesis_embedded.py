@@ -23,8 +23,11 @@ def test_synthesis_on_the_embedded_model(tmp_path: Path, embedded_model: tuple, 
     personas = tmp_path / "personas.jsonl"
     personas.write_text("".join(json.dumps({"persona": p}) + "\n" for p in PERSONAS))
     # The verifying stages run where they cost least: math's solvers in few-shot mode, tools' code in zero-shot.
+    # Diversity on knowledge only: the two personas make one pair, written greedily and embedded by the embedded model.
+    diversity = {"targets": [0.5], "tolerance": 0.5, "pairs": 1} if case == "knowledge" else {"enabled": False}
     summary = synthesize(SynthesizeParams(use_case=case, mode=mode, personas=[str(personas)], solve=mode == "few-shot",
-                                          selection=PersonaSelection(n=2), store=str(tmp_path / "store")))
+                                          diversity=diversity, selection=PersonaSelection(n=2),
+                                          store=str(tmp_path / "store")))
     stages = {s["stage"]: s for s in summary["stages"]}
     stage = stages[f"synthesize_{case}"]
     c = stage["counts"]
@@ -49,3 +52,9 @@ def test_synthesis_on_the_embedded_model(tmp_path: Path, embedded_model: tuple, 
             assert all(key.endswith("of 3") for key in report["math"]["agreement"])
         else:
             assert report["tools"]["asked"] == v["rows_in"] and report["tools"]["imports"] == v["rows_out"]
+    if case == "knowledge":
+        report = Store(str(tmp_path / "store")).read_json(f"runs/{summary['run_id']}/report.json")
+        d = report["diversity"]
+        assert d["pool"] == 2 and d["pairs_drawn"] == 1
+        assert len(d["pairs"]) + d["pairs_without_output"] == 1
+        assert Store(str(tmp_path / "store")).read_bytes(d["plot"]).startswith(b"\x89PNG")

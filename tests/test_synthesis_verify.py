@@ -73,7 +73,8 @@ def test_math_problems_are_solved_three_ways_and_kept_when_two_agree(server, tmp
     personas = write_personas(tmp_path / "personas.parquet", 5)
     server.responder = math_responder
     common = dict(use_case="math", mode="zero-shot", personas=[str(personas)], selection=PersonaSelection(n=5),
-                  store=str(tmp_path / "store"), llm_base_url=server.base_url, sandbox_timeout_s=3)
+                  store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url, sandbox_timeout_s=3,
+                  diversity={"enabled": False})
     summary = synthesize(SynthesizeParams(**common))
     store = Store(str(tmp_path / "store"))
     assert server.calls == 5 + 5 * 3, "one call per problem and solver"
@@ -147,7 +148,7 @@ def test_tool_implementations_are_checked_in_the_sandbox(server, tmp_path: Path)
     server.responder = tools_responder
     summary = synthesize(SynthesizeParams(use_case="tools", mode="zero-shot", personas=[str(personas)],
                                           selection=PersonaSelection(n=len(IMPLEMENTATIONS)), sandbox_timeout_s=5,
-                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url))
     store = Store(str(tmp_path / "store"))
     where = {}
     for row in dataset_rows(store, summary):
@@ -185,7 +186,7 @@ def test_the_judge_scores_every_item_and_filters_by_its_mean(server, tmp_path: P
     server.responder = judge_responder
     summary = synthesize(SynthesizeParams(use_case="instructions", mode="zero-shot", personas=[str(personas)], judge=True,
                                           min_judge_score=3, selection=PersonaSelection(n=4),
-                                          store=str(tmp_path / "store"), llm_base_url=server.base_url))
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url))
     store = Store(str(tmp_path / "store"))
     kept = {r["persona_id"]: r for r in dataset_rows(store, summary)}
     assert {k: v["judge_score"] for k, v in kept.items()} == {"p0000": 5.0, "p0001": 3.5}
@@ -227,7 +228,7 @@ def test_a_copied_gsm8k_question_is_caught_and_a_paraphrase_is_not(server, tmp_p
     server.responder = lambda body: FakeReply(content=json.dumps({"problem": texts[persona_index(body)]}))
     personas = write_personas(tmp_path / "personas.parquet", 3)
     common = dict(use_case="math", mode="zero-shot", personas=[str(personas)], solve=False,
-                  selection=PersonaSelection(n=3), store=str(tmp_path / "store"), llm_base_url=server.base_url)
+                  selection=PersonaSelection(n=3), store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url)
     references = [str(gsm8k), f"{math500}#problem"]
     summary = synthesize(SynthesizeParams(**common, decontamination=Decontamination(references=references)))
     store = Store(str(tmp_path / "store"))
@@ -242,3 +243,81 @@ def test_a_copied_gsm8k_question_is_caught_and_a_paraphrase_is_not(server, tmp_p
     flagged = {r["text"]: r["contamination"] for r in dataset_rows(store, kept)}
     assert flagged == {copied: 1.0, paraphrase: 0.0, original: 0.0}
     assert store.read_json(f"runs/{kept['run_id']}/report.json")["decontamination"]["flagged_kept"] == 1
+
+
+# --- diversity (Figure 10) ----------------------------------------------------------------------
+
+def test_pairs_are_drawn_near_each_target_similarity() -> None:
+    import numpy as np
+
+    from personahub.tasks.synthesis.diversity import mean_pairwise_cosine, pick_pairs
+
+    # Unit vectors at known angles from e1: cos(a_i - a_j) is each pair's similarity.
+    angles = np.arccos([1.0, 0.8, 0.6, 0.4])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    pairs = pick_pairs(vectors, [0.8, 0.4], tolerance=0.01, per_target=5, seed=0)
+    expected = {(i, j): float(np.cos(angles[i] - angles[j])) for i in range(4) for j in range(i + 1, 4)}
+    assert {(t, i, j) for t, i, j, _ in pairs} == {(t, i, j) for (i, j), c in expected.items() for t in (0.8, 0.4)
+                                                  if abs(c - t) <= 0.01}
+    assert all(abs(c - expected[(i, j)]) < 1e-5 for _, i, j, c in pairs)
+    rng = np.random.default_rng(1)
+    many = rng.normal(size=(40, 8))
+    many /= np.linalg.norm(many, axis=1, keepdims=True)
+    brute = (many @ many.T)[np.triu_indices(40, k=1)].mean()
+    assert abs(mean_pairwise_cosine(many) - brute) < 1e-4
+
+
+def test_hub_vectors_are_read_from_the_stored_index(tmp_path: Path) -> None:
+    import numpy as np
+
+    from personahub.tasks.dedup.embedding_stage import vector_schema
+    from personahub.tasks.synthesis.diversity import hub_vectors
+
+    store = Store(str(tmp_path / "store"))
+    vectors = np.eye(3, 4, dtype=np.float16)
+    table = pa.Table.from_pylist([{"persona_id": f"p{i}", "rank": i, "vector": vectors[i].tobytes()} for i in range(3)],
+                                 schema=vector_schema(4))
+    store.write_parquet("hubs/h/v0001/index/embedding/s0.parquet", table)
+    index = {"model": "m", "dim": 4, "shards": [{"id": "s0", "vectors": "hubs/h/v0001/index/embedding/s0.parquet", "rows": 3}]}
+    found = hub_vectors(store, index, {"p0", "p2", "nobody"}, "m")
+    assert sorted(found) == ["p0", "p2"] and np.allclose(found["p2"], [0, 0, 1, 0])
+    assert hub_vectors(store, index, {"p0"}, "another-model") == {}, "another model's vectors are not comparable"
+
+
+def test_diversity_pairs_are_written_with_greedy_decoding_and_plotted(server, tmp_path: Path) -> None:
+    import numpy as np
+
+    from fake_openai import fake_embedding
+
+    rows = [{"persona_id": f"p{i:04d}", "persona": f"Persona {i}: " + " ".join(["pilot", "baker", "nurse", "farmer"][: 1 + i % 4])
+             + f" of the {['north', 'south'][i % 2]} harbour"} for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "personas.parquet")
+    server.responder = lambda body: FakeReply(content=json.dumps(
+        {"prompt": f"Persona {persona_index(body)} asks: how do I plan a day at the harbour number {persona_index(body) % 3}?"}))
+    summary = synthesize(SynthesizeParams(
+        use_case="instructions", mode="zero-shot", personas=[str(tmp_path / "personas.parquet")],
+        selection=PersonaSelection(n=4), store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url,
+        diversity={"targets": [0.5], "tolerance": 0.5, "pairs": 3, "pool": 8}))
+    store = Store(str(tmp_path / "store"))
+    report = store.read_json(f"runs/{summary['run_id']}/report.json")
+    d = report["diversity"]
+    assert d["pool"] == 8 and d["from_hub_index"] == 0 and len(d["pairs"]) == 3 and d["targets"][0]["pairs"] == 3
+    greedy = [r for r in server.requests if r.get("temperature") == 0.0]
+    assert greedy, "the pairs' outputs are written with greedy decoding"
+    pairs = run_rows(store, summary["run_id"], "diversity")
+    for pair in pairs:  # both similarities, recomputed from the fake server's own embedding function
+        a, b = (next(r["persona"] for r in rows if r["persona_id"] == pair[k]) for k in ("persona_a", "persona_b"))
+        assert abs(pair["persona_similarity"] - float(np.dot(fake_embedding(a), fake_embedding(b)))) < 1e-3
+        assert abs(pair["output_similarity"] - float(np.dot(fake_embedding(pair["output_a"]),
+                                                            fake_embedding(pair["output_b"])))) < 1e-3
+    assert store.read_bytes(d["plot"]).startswith(b"\x89PNG\r\n\x1a\n")
+    items = [r["text"] for r in dataset_rows(store, summary)]
+    vectors = np.array([fake_embedding(t) for t in items])
+    brute = (vectors @ vectors.T)[np.triu_indices(len(items), k=1)].mean()
+    assert abs(report["spread"]["mean_pairwise_cosine"] - brute) < 1e-3
+    calls = server.calls
+    synthesize(SynthesizeParams(
+        use_case="instructions", mode="zero-shot", personas=[str(tmp_path / "personas.parquet")],
+        selection=PersonaSelection(n=4), store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url,
+        diversity={"targets": [0.5], "tolerance": 0.5, "pairs": 3, "pool": 8}))
+    assert server.calls == calls, "a rerun makes no call"

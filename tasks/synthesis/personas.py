@@ -137,10 +137,13 @@ def select_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str
 
 
 @task(name="hub-parts", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def hub_parts_task(store_url: str, s3_endpoint_url: str | None, hub: str, version: str | None) -> tuple[str, list[str]]:
-    """Prefect task: (the version, its persona part files) of a hub version (None = latest)."""
+def hub_parts_task(store_url: str, s3_endpoint_url: str | None, hub: str,
+                   version: str | None) -> tuple[str, list[str], dict[str, Any] | None]:
+    """Prefect task: (the version, its persona part files, its stored embedding index or None) of a
+    hub version (None = latest)."""
     from personahub.tasks.hub import publish
 
     store = Store(store_url, s3_endpoint_url=s3_endpoint_url)
     manifest = publish.version_manifest(store, hub, version)
-    return manifest["version"], [part["file"] for part in manifest["parts"]]
+    index = (manifest.get("index") or {}).get("embedding")
+    return manifest["version"], [part["file"] for part in manifest["parts"]], index

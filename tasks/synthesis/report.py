@@ -22,6 +22,7 @@ from typing import Any
 
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.store import Store
+from personahub.tasks.synthesis import diversity
 
 _WORD = re.compile(r"\w+")
 # Implementation reasons by how far the code got: each later check needs the earlier ones passed.
@@ -114,8 +115,25 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
         report["decontamination"] = {"references": d["references"], "n": d["n"], "max_overlap": d["max_overlap"],
                                      "checked": s["counts"]["rows_in"], "contaminated": s["counts"]["filtered"],
                                      "flagged_kept": _flagged(manifests["decontaminate"])}
+    spread_cosine = None
+    if "diversity" in manifests:
+        m = manifests["diversity"]
+        shard = m.only_shard()
+        rows = diversity.pair_rows(store, m.files())
+        d = params["diversity"]
+        spread_cosine = shard.extra.get("dataset_mean_cosine")
+        report["diversity"] = {
+            "pool": shard.extra.get("pool"), "from_hub_index": shard.extra.get("from_hub_index"),
+            "tolerance": d["tolerance"], "pairs_drawn": shard.extra.get("pairs_drawn"),
+            "pairs_without_output": shard.extra.get("pairs_without_output"), "decoding": "greedy (temperature 0)",
+            "targets": diversity.summarise(rows, d["targets"]),
+            "pairs": [{k: r[k] for k in ("target", "persona_a", "persona_b", "persona_similarity", "output_similarity")}
+                      for r in rows],
+            "plot": plot_path(summary["run_id"]),
+        }
     texts = [t or "" for path in summary["dataset_files"] for t in store.read_parquet(path, columns=["text"]).column("text").to_pylist()]
-    report["spread"] = {"items": len(texts), "distinct_1": distinct_ngrams(texts, 1), "distinct_2": distinct_ngrams(texts, 2)}
+    report["spread"] = {"items": len(texts), "distinct_1": distinct_ngrams(texts, 1), "distinct_2": distinct_ngrams(texts, 2),
+                        "mean_pairwise_cosine": spread_cosine}
     return report
 
 
@@ -123,7 +141,16 @@ def _flagged(manifest: Manifest) -> int:
     return sum(int(shard.extra.get("flagged", 0)) for shard in manifest.shards)
 
 
-def write_report(store: Store, run_id: str, report: dict[str, Any]) -> None:
+def plot_path(run_id: str) -> str:
+    return f"runs/{run_id}/diversity.png"
+
+
+def write_report(store: Store, run_id: str, report: dict[str, Any], diversity_manifest: Manifest | None = None) -> None:
+    """report.json, and the diversity plot beside it when the run measured diversity."""
+    if diversity_manifest is not None:
+        rows = diversity.pair_rows(store, diversity_manifest.files())
+        store.write_bytes(plot_path(run_id), diversity.plot(
+            rows, f"{report['use_case']} ({report['mode']}), {len(rows)} persona pairs, greedy decoding"))
     store.write_json(report_path(run_id), report)
 
 
@@ -165,8 +192,14 @@ def markdown(report: Mapping[str, Any]) -> str:
         d = report["decontamination"]
         lines += ["", f"**Decontamination** ({d['n']}-grams against {', '.join(d['references'])}): {d['checked']} "
                   f"checked, {d['contaminated']} contaminated and dropped, {d['flagged_kept']} flagged and kept"]
+    if "diversity" in report:
+        d = report["diversity"]
+        per = "; ".join(f"~{t['target']}: {t['pairs']} pairs, outputs {t['output_similarity']}" for t in d["targets"])
+        lines += ["", f"**Diversity** (Figure 10; {d['pool']} personas, {d['decoding']}): persona-pair similarity "
+                  f"→ output-pair similarity: {per}. Plot: `{d['plot']}`"]
     s = report["spread"]
-    lines += ["", f"**Spread**: {s['items']} items, distinct-1 {s['distinct_1']}, distinct-2 {s['distinct_2']}"]
+    lines += ["", f"**Spread**: {s['items']} items, distinct-1 {s['distinct_1']}, distinct-2 {s['distinct_2']}, "
+              f"mean pairwise cosine {s['mean_pairwise_cosine']}"]
     u = report["llm_this_run"]
     lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, {u['total_tokens']} tokens."]
     return "\n".join(lines)
