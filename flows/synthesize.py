@@ -31,7 +31,7 @@ from personahub.flows.stage_runner import TASK_WORKERS, run
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
-from personahub.tasks.core.stage import Deferred, Stage, StageReport, row_ranges
+from personahub.tasks.core.stage import Deferred, Stage, StageReport, StageResult, row_ranges
 from personahub.tasks.crawl import plan_sources_task
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.stage import llm_stage_params
@@ -43,6 +43,7 @@ from personahub.tasks.synthesis import demos as demo_files
 from personahub.tasks.synthesis import personas as persona_selection
 from personahub.tasks.synthesis import dataset as dataset_stage
 from personahub.tasks.synthesis.diversity import DiversityParams, diversity_task
+from personahub.tasks.synthesis.persona_query import query_task
 from personahub.tasks.synthesis import report as quality_report
 from personahub.tasks.synthesis.decontamination import Decontamination, decontaminate_task, split_reference
 from personahub.tasks.synthesis.judge import JudgeItems
@@ -170,9 +171,14 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
                                   persona_input.read_task))
         files = read.manifest.files()
         reports.append(read.report())
+    query_matches = None
+    if params.selection.query:
+        matched = query_personas(run_ctx, settings, params.selection, source)
+        reports.append(matched.report())
+        query_matches = matched.manifest.files()
     selected = run(run_ctx, Stage.one_shard(
         "select_personas", {"selection": params.selection.model_dump(), "source": source.name, "files": files},
-        persona_selection.select_task, files=files))
+        persona_selection.select_task, files=files, query_matches=query_matches))
     reports.append(selected.report())
 
     sampling = dict(template.params)
@@ -276,6 +282,25 @@ def reference_fingerprint(references: list[str]) -> list[str]:
     """The reference files by path, size and modification time: a changed test set reruns the check."""
     paths = [split_reference(r)[0] for r in references]
     return sorted(plan_sources_task(paths, persona_input.FORMATS))
+
+
+def query_personas(run_ctx: RunContext, settings: Settings, selection: persona_selection.PersonaSelection,
+                   source: PersonaSource) -> StageResult:
+    """The top query_k personas of the hub version by cosine to the text query, from its stored vectors."""
+    from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when it runs
+
+    index = source.embedding_index
+    if not index or not index.get("shards"):
+        raise SynthesisParamsError(f"a text query needs a hub version with stored embedding vectors; {source.name} has "
+                                   "none (persona files, or a hub built with embedding dedup off)")
+    with EmbeddingEndpoint(settings) as embedder:
+        if embedder.model != index["model"]:
+            raise SynthesisParamsError(f"{source.name}'s vectors are from {index['model']!r}, the embedding endpoint "
+                                       f"serves {embedder.model!r}: a query needs the model that made them")
+        return run(run_ctx, Stage.one_shard(
+            "query_personas", {"query": selection.query, "k": selection.query_k, "source": source.name,
+                               "model": embedder.model},
+            query_task, index=index, embeddings=Deferred(lambda: embedder.worker_config())))
 
 
 def demo_personas(run_ctx: RunContext, demos: list[demo_files.Demo], source: str, llm: Deferred,

@@ -246,6 +246,8 @@ def synthesize(
     version: Optional[str] = typer.Option(None, help="Hub version (default: latest)"),
     personas: Optional[list[str]] = typer.Option(None, "--personas", help="Persona files instead of a hub (repeatable)"),
     hop: Optional[list[int]] = typer.Option(None, "--hop", help="Only personas at this graph hop (repeatable)"),
+    query: Optional[str] = typer.Option(None, help="Only the hub's personas closest to this text, e.g. 'healthcare workers'"),
+    query_k: int = typer.Option(1000, help="How many of the closest personas --query admits"),
     relation: Optional[list[str]] = typer.Option(None, "--relation", help="Only this relation (repeatable)"),
     origin: Optional[list[str]] = typer.Option(None, "--origin", help="Only this origin: text_to_persona or persona_to_persona"),
     var: Optional[list[str]] = typer.Option(None, "--var", help="Template variable NAME=VALUE (repeatable): topic, level, variant, world"),
@@ -295,7 +297,8 @@ def synthesize(
         embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
         solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
-        selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or []))
+        selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or [],
+                                   query=query, query_k=query_k))
     started = time.monotonic()
     try:
         with endpoint_errors("synthesize"):

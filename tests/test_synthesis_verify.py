@@ -321,3 +321,62 @@ def test_diversity_pairs_are_written_with_greedy_decoding_and_plotted(server, tm
         selection=PersonaSelection(n=4), store=str(tmp_path / "store"), llm_base_url=server.base_url, embedding_base_url=server.base_url,
         diversity={"targets": [0.5], "tolerance": 0.5, "pairs": 3, "pool": 8}))
     assert server.calls == calls, "a rerun makes no call"
+
+
+# --- personas by a text query over the hub's stored vectors -------------------------------------
+
+def test_a_text_query_selects_from_the_hubs_stored_vectors(server, tmp_path: Path) -> None:
+    import numpy as np
+
+    from fake_openai import fake_embedding
+    from personahub.tasks.dedup.embedding_stage import vector_schema
+    from personahub.tasks.hub.publish import HUB_COLUMNS, publish_hub
+    from personahub.tasks.serving.embedding_server import EMBEDDING_MODEL_ALIAS
+    from personahub.tasks.synthesis.use_cases import SynthesisParamsError
+
+    texts = ["A hospital nurse who cares for patients on the night shift.",
+             "A hospital pharmacist who checks the patients' medication.",
+             "A nurse in a rural clinic who vaccinates patients.",
+             "A carpenter who builds oak staircases.",
+             "A sailor who races small boats on the lake.",
+             "A baker who makes sourdough bread every morning.",
+             "A physiotherapist who helps hospital patients walk again.",
+             "A chess coach who trains teenagers for tournaments."]
+    store = Store(str(tmp_path / "store"))
+    rows = [{"persona_id": f"h{i}", "persona": t, "hop": 0, "relation": "read", "origin": "text_to_persona"}
+            for i, t in enumerate(texts)]
+    table = pa.Table.from_pylist([{c: r.get(c) for c in HUB_COLUMNS} for r in rows],
+                                 schema=pa.schema([(c, pa.int32() if c == "hop" else pa.string()) for c in HUB_COLUMNS]))
+    pq.write_table(table, tmp_path / "store" / "src.parquet")
+    dim = len(fake_embedding("x"))
+
+    def index(prefix: str, previous: dict | None) -> dict:
+        vectors = [{"persona_id": r["persona_id"], "rank": i,
+                    "vector": np.asarray(fake_embedding(r["persona"]), np.float16).tobytes()} for i, r in enumerate(rows)]
+        store.write_parquet(f"{prefix}/embedding/s0.parquet", pa.Table.from_pylist(vectors, schema=vector_schema(dim)))
+        return {"embedding": {"model": EMBEDDING_MODEL_ALIAS, "dim": dim,
+                              "shards": [{"id": "s0", "vectors": f"{prefix}/embedding/s0.parquet", "rows": len(rows)}]}}
+
+    publish_hub(store, "default", "run-x", ["src.parquet"], lineage={}, index=index)
+    server.responder = responder_for_prompts
+    query = "hospital patients nurse"
+    # The expected matches, from the fake server's embedding function directly.
+    q = np.asarray(fake_embedding(query))
+    expected = {rows[i]["persona_id"] for i in np.argsort([-(q @ np.asarray(fake_embedding(t))) for t in texts])[:3]}
+    common = dict(use_case="instructions", mode="zero-shot", store=str(tmp_path / "store"), solve=False,
+                  llm_base_url=server.base_url, embedding_base_url=server.base_url, diversity={"enabled": False})
+    summary = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=2, query=query, query_k=3)))
+    picked = {r["persona_id"] for r in dataset_rows(store, summary)}
+    assert len(picked) == 2 and picked <= expected
+    matched = run_rows(store, summary["run_id"], "query_personas")
+    assert {r["persona_id"] for r in matched} == expected and matched[0]["score"] >= matched[-1]["score"]
+    select = next(s for s in summary["stages"] if s["stage"] == "select_personas")
+    assert select["reasons"]["not_matching_query"] == len(texts) - 3
+    with pytest.raises(SynthesisParamsError, match="needs a hub version with stored embedding vectors"):
+        synthesize(SynthesizeParams(**{**common, "personas": [str(tmp_path / "store" / "src.parquet")]},
+                                    selection=PersonaSelection(n=2, query=query)))
+
+
+def responder_for_prompts(body: dict) -> FakeReply:
+    persona = body["messages"][-1]["content"]
+    return FakeReply(content=json.dumps({"prompt": f"Please help me with my work today: {persona[-60:]}"}))

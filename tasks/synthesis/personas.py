@@ -47,6 +47,9 @@ class PersonaSelection(BaseModel):
     relations: list[str] = Field(default_factory=list, description="Only these relations (read, write, ...; empty = all)")
     origins: list[str] = Field(default_factory=list, description="Only these origins (text_to_persona, "
                                "persona_to_persona; empty = all)")
+    query: str | None = Field(None, description="Only the personas closest to this text (e.g. 'healthcare workers'), "
+                              "by cosine over the hub's stored vectors")
+    query_k: int = Field(1000, ge=1, description="How many of the closest personas a query admits")
 
 
 def persona_keys(persona_ids: Sequence[str], seed: int) -> np.ndarray:
@@ -79,9 +82,11 @@ def _qualifies(table: pa.Table, selection: PersonaSelection) -> tuple[pa.Array, 
     return keep, dropped
 
 
-def select_personas(store: Store, files: Sequence[str], selection: PersonaSelection) -> tuple[pa.Table, ShardCounts, dict[str, int]]:
+def select_personas(store: Store, files: Sequence[str], selection: PersonaSelection,
+                    only: frozenset[str] | None = None) -> tuple[pa.Table, ShardCounts, dict[str, int]]:
     """The first selection.n qualifying personas of `files` in seeded order, with the counts
-    (rows_in = scanned, rows_out = selected, filtered = the rest, by reason)."""
+    (rows_in = scanned, rows_out = selected, filtered = the rest, by reason). `only`: the ids a
+    text query admitted (None: no query)."""
     best: pa.Table | None = None
     best_keys = np.empty(0, dtype=np.uint64)
     reasons: dict[str, int] = {}
@@ -94,6 +99,12 @@ def select_personas(store: Store, files: Sequence[str], selection: PersonaSelect
                 table = _normalised(pa.Table.from_batches([batch]))
                 rows_in += table.num_rows
                 keep, dropped = _qualifies(table, selection)
+                if only is not None:
+                    matches = pc.is_in(table.column("persona_id"), value_set=pa.array(sorted(only), pa.string()))
+                    n = pc.sum(pc.and_(keep, pc.invert(matches))).as_py() or 0
+                    if n:
+                        dropped["not_matching_query"] = n
+                    keep = pc.and_(keep, matches)
                 for reason, n in dropped.items():
                     reasons[reason] = reasons.get(reason, 0) + n
                 table = table.filter(keep)
@@ -124,16 +135,23 @@ def select_personas(store: Store, files: Sequence[str], selection: PersonaSelect
                                                       filtered=rows_in - chosen.num_rows), reasons
 
 
-def write_selection(checkpoint: StageCheckpoint, store: Store, files: Sequence[str], selection: PersonaSelection) -> dict[str, Any]:
-    table, counts, reasons = select_personas(store, files, selection)
+def write_selection(checkpoint: StageCheckpoint, store: Store, files: Sequence[str], selection: PersonaSelection,
+                    only: frozenset[str] | None = None) -> dict[str, Any]:
+    table, counts, reasons = select_personas(store, files, selection, only)
     checkpoint.write_shard(ONE_SHARD, {"data": table}, counts, extra={"reasons": dict(sorted(reasons.items()))})
     return {"shard_id": ONE_SHARD, "counts": counts.__dict__}
 
 
 @task(name="select-personas", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
-def select_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str]) -> dict[str, Any]:
-    """Prefect task: the run's personas, in seeded order, from every persona file of its source."""
-    return write_selection(stage.checkpoint, stage.store, files, PersonaSelection(**stage.params["selection"]))
+def select_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str],
+                query_matches: list[str] | None = None) -> dict[str, Any]:
+    """Prefect task: the run's personas, in seeded order, from every persona file of its source
+    (only those in the query's match files, when the run has a text query)."""
+    only = None
+    if query_matches is not None:
+        only = frozenset(pid for f in query_matches for pid in stage.store.read_parquet(f, columns=["persona_id"])
+                         .column("persona_id").to_pylist())
+    return write_selection(stage.checkpoint, stage.store, files, PersonaSelection(**stage.params["selection"]), only)
 
 
 @task(name="hub-parts", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
