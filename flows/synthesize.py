@@ -45,6 +45,7 @@ from personahub.tasks.synthesis import dataset as dataset_stage
 from personahub.tasks.synthesis.diversity import DiversityParams, diversity_task
 from personahub.tasks.synthesis.persona_query import query_task
 from personahub.tasks.synthesis import report as quality_report
+from personahub.tasks.synthesis.conversations import ConversationTurn
 from personahub.tasks.synthesis.decontamination import Decontamination, decontaminate_task, split_reference
 from personahub.tasks.synthesis.judge import JudgeItems
 from personahub.tasks.synthesis.math_solutions import DEFAULT_SOLVERS, SolveMath, SolverSpec, solver_templates
@@ -79,6 +80,10 @@ class SynthesizeParams(BaseModel):
     implement: bool = Field(True, description="tools: write each interface's code and check it in the sandbox")
     sandbox_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit of one sandboxed program")
     sandbox_memory_mb: int = Field(512, ge=64, description="Address-space limit of one sandboxed program")
+    turns: int = Field(0, ge=0, description="instructions: user turns of a conversation (0: the prompt alone; N: the "
+                       "prompt and N-1 follow-ups by the persona, each answered by the assistant)")
+    assistant_model: str | None = Field(None, description="Conversations: the assistant's model on the same endpoint "
+                                        "(default: the run's model)")
     judge: bool = Field(False, description="Grade every item with the LLM judge on its use case's criteria")
     min_judge_score: float = Field(0.0, ge=0, le=5, description="Judge: the lowest mean score kept")
     decontamination: Decontamination = Field(default_factory=Decontamination)
@@ -209,7 +214,21 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
                                   "input": stages[-1].manifest.digest()},
                 row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
 
-        # 5. the stages that verify and grade what was written
+        # 5. conversations: the persona's prompt answered, then its follow-ups, one half-turn per stage
+        if case.name == "instructions" and params.turns:
+            assistant = params.assistant_model or model
+            assistant_llm = Deferred(lambda: {**llm(), "model": assistant})
+            for turn in range(1, params.turns + 1):
+                for role in (("user",) if turn > 1 else ()) + ("assistant",):
+                    half = load_template("conversation", role)
+                    stages.append(run(run_ctx, ConversationTurn.stage(
+                        f"conversation_{role}_{turn}",
+                        {**llm_stage_params(half, dict(half.params), assistant if role == "assistant" else model, {}),
+                         "input": stages[-1].manifest.digest()},
+                        row_ranges(stages[-1].manifest, params.shard_rows, prefix=f"{role[0]}{turn}-"),
+                        assistant_llm if role == "assistant" else llm, params.llm_shard_parallelism)))
+
+        # 6. the stages that verify and grade what was written
         sandbox = {"timeout_s": params.sandbox_timeout_s, "memory_mb": params.sandbox_memory_mb}
         if case.name == "math" and params.solve:
             stages.append(run(run_ctx, SolveMath.stage(
@@ -234,7 +253,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
                                    row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
                                    dataset_stage.copy_rows_task))
 
-        # 6. diversity (Figure 10): persona pairs near each target similarity, their greedy outputs compared
+        # 7. diversity (Figure 10): persona pairs near each target similarity, their greedy outputs compared
         diverse = None
         if params.diversity.enabled:
             from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when it runs

@@ -262,6 +262,8 @@ def synthesize(
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
     implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),
+    turns: int = typer.Option(0, help="instructions: user turns of a conversation with an assistant (0: the prompt alone)"),
+    assistant_model: Optional[str] = typer.Option(None, help="Conversations: the assistant's model on the same endpoint"),
     judge: bool = typer.Option(False, help="Grade every item with the LLM judge on its use case's criteria"),
     min_judge_score: float = typer.Option(0.0, help="Judge: the lowest mean score (1-5) kept"),
     reference: Optional[list[str]] = typer.Option(None, "--reference", help="Test set to decontaminate against, "
@@ -295,7 +297,7 @@ def synthesize(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
         demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id,
         embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
-        solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
+        turns=turns, assistant_model=assistant_model, solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
         selection=PersonaSelection(n=n, seed=seed, hops=hop or [], relations=relation or [], origins=origin or [],
                                    query=query, query_k=query_k))

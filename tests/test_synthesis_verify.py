@@ -380,3 +380,48 @@ def test_a_text_query_selects_from_the_hubs_stored_vectors(server, tmp_path: Pat
 def responder_for_prompts(body: dict) -> FakeReply:
     persona = body["messages"][-1]["content"]
     return FakeReply(content=json.dumps({"prompt": f"Please help me with my work today: {persona[-60:]}"}))
+
+
+# --- conversations ------------------------------------------------------------------------------
+
+def test_the_persona_plays_the_user_for_n_turns(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 3)
+
+    def respond(body: dict) -> FakeReply:
+        system = body["messages"][0]["content"]
+        if system.startswith("You are a helpful, honest assistant"):
+            turns = sum(1 for m in body["messages"] if m["role"] == "user")
+            if body["model"] != "helper-model":
+                return FakeReply(content="wrong model")
+            return FakeReply(content=f"Answer {turns}.")
+        if system.startswith("You play a person"):
+            i = int(re.search(r"Persona (\d+):", system).group(1))
+            if i == 2 and "Answer 1." in body["messages"][-1]["content"]:
+                return FakeReply(content="   ")  # an empty follow-up quarantines its conversation
+            return FakeReply(content=f"Follow-up from persona {i}.")
+        return FakeReply(content=json.dumps({"prompt": f"Persona {persona_index(body)} asks how to plan a harbour day."}))
+
+    server.responder = respond
+    summary = synthesize(SynthesizeParams(use_case="instructions", mode="zero-shot", personas=[str(personas)], turns=3,
+                                          assistant_model="helper-model", selection=PersonaSelection(n=3),
+                                          store=str(tmp_path / "store"), llm_base_url=server.base_url,
+                                          llm_model="fake-model", diversity={"enabled": False}))
+    store = Store(str(tmp_path / "store"))
+    done = dataset_rows(store, summary)
+    assert sorted(r["persona_id"] for r in done) == ["p0000", "p0001"]
+    for row in done:
+        i = int(row["persona_id"][1:])
+        assert json.loads(row["conversation"]) == [
+            {"role": "user", "content": f"Persona {i} asks how to plan a harbour day."},
+            {"role": "assistant", "content": "Answer 1."},
+            {"role": "user", "content": f"Follow-up from persona {i}."},
+            {"role": "assistant", "content": "Answer 2."},
+            {"role": "user", "content": f"Follow-up from persona {i}."},
+            {"role": "assistant", "content": "Answer 3."}]
+    names = [s["stage"] for s in summary["stages"]]
+    assert names[-5:] == ["conversation_assistant_1", "conversation_user_2", "conversation_assistant_2",
+                          "conversation_user_3", "conversation_assistant_3"]
+    rejected = run_rows(store, summary["run_id"], "conversation_user_2", "quarantine")
+    assert [(r["persona_id"], r["reason"]) for r in rejected] == [("p0002", "empty_reply")]
+    report = store.read_json(f"runs/{summary['run_id']}/report.json")
+    assert report["conversations"] == {"turns": 3, "assistant_model": "helper-model", "started": 3, "completed": 2}

@@ -80,6 +80,12 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
         "llm_this_run": summary["llm_this_run"],
         "filters": {},
     }
+    halves = [name for name in manifests if name.startswith("conversation_")]
+    if halves:
+        report["conversations"] = {"turns": params["turns"], "assistant_model": params["assistant_model"] or summary["model"],
+                                   "started": manifests[halves[0]].totals.rows_in,
+                                   "completed": manifests[halves[-1]].totals.rows_out}
+        report["templates"].append("conversation (assistant, user)")
     if "solve_math" in manifests:
         m = manifests["solve_math"]
         report["filters"]["min_agreement"] = params["min_agreement"]
@@ -174,6 +180,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         reasons = ", ".join(f"{r} {n}" for r, n in s["reasons"].items()) or "-"
         lines.append(f"| {s['stage']} | {k['rows_in']} | {k['rows_out']} | {k['filtered']} | {k['quarantined']} | "
                      f"{reasons} | {'yes' if s['reconciles'] else 'NO'} | {s['llm']['calls']} | {s['llm']['cache_hits']} |")
+    if "conversations" in report:
+        c2 = report["conversations"]
+        lines += ["", f"**Conversations** ({c2['turns']} user turns, assistant `{c2['assistant_model']}`): "
+                  f"{c2['completed']} of {c2['started']} completed"]
     if "math" in report:
         m = report["math"]
         lines += ["", f"**Math solutions** ({', '.join(m['solvers'])}; keep at {m['min_agreement']} agreeing): "

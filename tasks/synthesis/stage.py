@@ -49,6 +49,7 @@ ITEM_SCHEMA = pa.schema([
     ("judge_score", pa.float64()),  # the judge's mean score over its criteria
     ("judge_scores", pa.string()),  # criterion → score, JSON
     ("contamination", pa.float64()),  # share of the item's n-grams found in the reference test sets
+    ("conversation", pa.string()),  # instructions with turns: [{role, content}, ...], the prompt first, JSON
 ])
 REJECT_SCHEMA = pa.schema([
     ("persona_id", pa.string()),
