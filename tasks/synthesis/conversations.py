@@ -17,7 +17,7 @@ from typing import Any
 
 from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
 
 ROLES = ("assistant", "user")
 
@@ -73,10 +73,8 @@ class ConversationTurn(LLMStage):
         result = results[0]
         reason = self.reason(result)
         if reason is not None:
-            outcome.rejects.append({"persona_id": row["persona_id"], "position": row["position"],
-                                    "use_case": row["use_case"], "mode": f"conversation-{self.role}",
-                                    "reason": reason, "response": result.text, "model": result.model,
-                                    "template": self.template.ref})
+            outcome.rejects.append(reject(row, row["use_case"], f"conversation-{self.role}", reason, result.text,
+                                          result.model, self.template.ref))
             return outcome
         conversation = conversation_of(row) + [{"role": self.role, "content": result.text.strip()}]
         outcome.keep("data", {**row, "conversation": json.dumps(conversation, ensure_ascii=False)})

@@ -17,7 +17,7 @@ import jsonschema
 
 from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
 
 UNVERIFIED = "unverified"
 
@@ -68,9 +68,8 @@ class JudgeItems(LLMStage):
         result = results[0]
         reason = self.reason(result)
         if reason is not None:
-            outcome.rejects.append({"persona_id": row["persona_id"], "position": row["position"],
-                                    "use_case": row["use_case"], "mode": "judge", "reason": reason,
-                                    "response": result.text, "model": result.model, "template": self.template.ref})
+            outcome.rejects.append(reject(row, row["use_case"], "judge", reason, result.text, result.model,
+                                          self.template.ref))
             return outcome
         scores = {name: int(result.data[name]) for name in self.criteria}
         judged = {**row, "judge_scores": json.dumps(scores, sort_keys=True),

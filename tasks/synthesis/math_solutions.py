@@ -27,7 +27,7 @@ from personahub.tasks.llm.templates import PromptTemplate, load_template
 from personahub.tasks.synthesis.code_blocks import python_code
 from personahub.tasks.synthesis.math_answers import agreement, extract_answer
 from personahub.tasks.synthesis.sandbox import SandboxLimits, run_python
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
 
 SolverKind = Literal["chain-of-thought", "program-of-thought"]
 TEMPLATE_TASK = "math_solution"
@@ -131,10 +131,8 @@ class SolveMath(LLMStage):
         outcome = Outcome(rows_in=1)
         for solver, result in zip(self.solvers, results):
             if result.error is not None:
-                outcome.rejects.append({"persona_id": row["persona_id"], "position": row["position"],
-                                        "use_case": row["use_case"], "mode": "solve", "reason": self.llm_error(result),
-                                        "response": row["text"], "model": result.model,
-                                        "template": self.templates[solver.kind].ref})
+                outcome.rejects.append(reject(row, row["use_case"], "solve", self.llm_error(result), row["text"],
+                                              result.model, self.templates[solver.kind].ref))
                 return outcome
         solutions = [self.solution(solver, result) for solver, result in zip(self.solvers, results)]
         agreed = agreement([s.answer for s in solutions])

@@ -63,6 +63,13 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
+def reject(row: Mapping[str, Any], use_case_name: str, mode: str, reason: str, response: str | None, model: str,
+           template: str) -> dict[str, Any]:
+    """One quarantined answer (REJECT_SCHEMA): whose it was, the stage's mode, why, and the raw text."""
+    return {"persona_id": row["persona_id"], "position": row["position"], "use_case": use_case_name, "mode": mode,
+            "reason": reason, "response": response, "model": model, "template": template}
+
+
 def item_id_for(use_case_name: str, mode: str, template: str, persona_id: str) -> str:
     return hashlib.sha256(f"{use_case_name}\0{mode}\0{template}\0{persona_id}".encode()).hexdigest()[:20]
 
@@ -137,9 +144,8 @@ class Synthesize(LLMStage):
         if reason is None and self.demo_ngrams & word_ngrams(self.case.text_of(result.data)):
             reason = "copies_demonstration"
         if reason is not None:
-            outcome.rejects.append({"persona_id": row["persona_id"], "position": row["position"],
-                                    "use_case": self.case.name, "mode": self.mode, "reason": reason,
-                                    "response": result.text, "model": result.model, "template": self.template.ref})
+            outcome.rejects.append(reject(row, self.case.name, self.mode, reason, result.text, result.model,
+                                          self.template.ref))
             return outcome
         outcome.keep("data", {
             "item_id": item_id_for(self.case.name, self.mode, self.template.ref, row["persona_id"]),

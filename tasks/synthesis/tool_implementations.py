@@ -22,7 +22,7 @@ from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.synthesis.code_blocks import python_code
 from personahub.tasks.synthesis.sandbox import SandboxLimits, run_python
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
 
 UNVERIFIED = "unverified"
 _PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # "requests", "scikit-learn"; not "Google Maps API"
@@ -145,9 +145,8 @@ class ImplementTools(LLMStage):
         else:
             code, reason, report = self.verdict(row, result.text or "")
         if reason is not None:
-            outcome.rejects.append({"persona_id": row["persona_id"], "position": row["position"],
-                                    "use_case": row["use_case"], "mode": "implement", "reason": reason,
-                                    "response": result.text, "model": result.model, "template": self.template.ref})
+            outcome.rejects.append(reject(row, row["use_case"], "implement", reason, result.text, result.model,
+                                          self.template.ref))
             return outcome
         implemented = {**row, "implementation": code, "checks": json.dumps(report, sort_keys=True)}
         if report["missing"]:
