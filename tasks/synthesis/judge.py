@@ -17,9 +17,8 @@ import jsonschema
 
 from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, UNVERIFIED, reject
 
-UNVERIFIED = "unverified"
 
 
 def scores_schema(criteria: Mapping[str, str]) -> dict[str, Any]:

@@ -27,11 +27,10 @@ from personahub.tasks.llm.templates import PromptTemplate, load_template
 from personahub.tasks.synthesis.code_blocks import python_code
 from personahub.tasks.synthesis.math_answers import agreement, extract_answer
 from personahub.tasks.synthesis.sandbox import SandboxLimits, run_python
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, UNVERIFIED, reject
 
 SolverKind = Literal["chain-of-thought", "program-of-thought"]
 TEMPLATE_TASK = "math_solution"
-UNVERIFIED = "unverified"
 # A final answer is a number or an expression; a longer "answer" is a solver that never concluded,
 # and comparing it symbolically could take sympy arbitrarily long.
 MAX_ANSWER_CHARS = 200

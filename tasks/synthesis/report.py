@@ -23,6 +23,7 @@ from typing import Any
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.store import Store
 from personahub.tasks.synthesis import diversity
+from personahub.tasks.synthesis.stage import UNVERIFIED
 
 _WORD = re.compile(r"\w+")
 # Implementation reasons by how far the code got: each later check needs the earlier ones passed.
@@ -90,10 +91,10 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
         m = manifests["solve_math"]
         report["filters"]["min_agreement"] = params["min_agreement"]
         solvers = [f"{s['kind']}#{s['seed']}" for s in params["solvers"]]
-        pairs = Counter(zip(_column(store, m, ("data", "unverified"), "agreement"),
-                            _column(store, m, ("data", "unverified"), "solvers")))
+        pairs = Counter(zip(_column(store, m, ("data", UNVERIFIED), "agreement"),
+                            _column(store, m, ("data", UNVERIFIED), "solvers")))
         report["math"] = {"solvers": solvers, "min_agreement": params["min_agreement"],
-                          "verified": m.rows("data"), "unverified": m.rows("unverified"),
+                          "verified": m.rows("data"), "unverified": m.rows(UNVERIFIED),
                           "agreement": {f"{k} of {n}": pairs[(k, n)] for k, n in sorted(pairs, reverse=True)}}
         report["templates"].append("math_solution (" + ", ".join(sorted({s["kind"] for s in params["solvers"]})) + ")")
     if "implement_tools" in manifests:
@@ -102,14 +103,14 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
         reasons = s["reasons"]
         not_parsed = sum(n for r, n in reasons.items() if r in _NOT_PARSED)
         no_function = sum(n for r, n in reasons.items() if r in _NO_FUNCTION)
-        missing = Counter(name for checks in _column(store, manifests["implement_tools"], ("unverified",), "checks")
+        missing = Counter(name for checks in _column(store, manifests["implement_tools"], (UNVERIFIED,), "checks")
                           for name in json.loads(checks)["missing"])
         imported = s["counts"]["rows_out"]
         report["tools"] = {"asked": asked, "parsed": asked - not_parsed, "defines_function": asked - not_parsed - no_function,
                            "imports": imported, "import_rate": round(imported / asked, 4) if asked else None,
                            "missing_dependencies": dict(missing.most_common()), "reasons": reasons}
     if "judge" in manifests:
-        scores = _column(store, manifests["judge"], ("data", "unverified"), "judge_score")
+        scores = _column(store, manifests["judge"], ("data", UNVERIFIED), "judge_score")
         report["filters"]["min_judge_score"] = params["min_judge_score"]
         report["judge"] = {"judged": len(scores), "kept": manifests["judge"].rows("data"),
                            "mean": round(sum(scores) / len(scores), 3) if scores else None,

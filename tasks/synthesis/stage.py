@@ -74,6 +74,9 @@ def item_id_for(use_case_name: str, mode: str, template: str, persona_id: str) -
     return hashlib.sha256(f"{use_case_name}\0{mode}\0{template}\0{persona_id}".encode()).hexdigest()[:20]
 
 
+# The table where a verifying stage (solve_math, implement_tools, judge) keeps what it holds back.
+UNVERIFIED = "unverified"
+
 COPY_NGRAM = 8  # an item sharing a run of this many words with a demonstration copied it
 
 

@@ -22,9 +22,8 @@ from personahub.tasks.llm.requests import ChatRequest, ChatResult
 from personahub.tasks.llm.stage import LLMStage, Outcome
 from personahub.tasks.synthesis.code_blocks import python_code
 from personahub.tasks.synthesis.sandbox import SandboxLimits, run_python
-from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, reject
+from personahub.tasks.synthesis.stage import ITEM_SCHEMA, REJECT_SCHEMA, UNVERIFIED, reject
 
-UNVERIFIED = "unverified"
 _PACKAGE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # "requests", "scikit-learn"; not "Google Maps API"
 
 # Runs in the sandbox: import the module (execute its top level), look the function up, and report
