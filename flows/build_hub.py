@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.persona_graph import GraphParams, persona_graph_stages
-from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.flows.stage_runner import TASK_WORKERS, hold_run, reuse_summary, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
@@ -50,6 +50,8 @@ class BuildHubParams(BaseModel):
 
     corpus: list[str] = Field(default_factory=lambda: [demo_corpus()], description="Files, directories or globs (any fsspec URL)")
     hub: str = Field("default", description="Hub name: versions go to hubs/<hub>/vNNNN")
+    fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
+                        "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
     relations: list[Relation] = Field(default_factory=lambda: ["read", "write", "like", "dislike"],
                                       description="Text-to-Persona relations")
@@ -82,7 +84,7 @@ class BuildHubParams(BaseModel):
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "fresh", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -103,68 +105,70 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
                              embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     run_id = params.run_id or run_id_for(params)
     run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
-    store = run_ctx.store
-    get_run_logger().info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
-    base = HubBase.of(publish.base_version_task(run_ctx, params.hub))
-    filters = filter_options(params.filters)
-    model = resolve_model(settings)
-    reports: list[StageReport] = []
+    with hold_run(run_ctx, params.fresh):
+        store = run_ctx.store
+        get_run_logger().info("run %s in %s", run_id, store.uri(f"runs/{run_id}"))
+        base = HubBase.of(publish.base_version_task(run_ctx, params.hub))
+        filters = filter_options(params.filters)
+        model = resolve_model(settings)
+        reports: list[StageReport] = []
 
-    # 1. crawl: input files → document shards, deduplicated across the crawl
-    docs, crawl_reports = crawl_stages(run_ctx, params.corpus, params.crawl, params.max_docs, params.seed,
-                                       params.rows_per_bucket, shard_bytes=params.crawl_shard_bytes)
-    reports.extend(crawl_reports)
+        # 1. crawl: input files → document shards, deduplicated across the crawl
+        docs, crawl_reports = crawl_stages(run_ctx, params.corpus, params.crawl, params.max_docs, params.seed,
+                                           params.rows_per_bucket, shard_bytes=params.crawl_shard_bytes)
+        reports.extend(crawl_reports)
 
-    with LLMEndpoint(settings) as endpoint:
-        # Every LLM shard in flight shares the endpoint's one concurrency bound (the gateway's). The
-        # URL is asked for only when a shard runs: a rerun whose LLM stages are done starts no server.
-        llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
+        with LLMEndpoint(settings) as endpoint:
+            # Every LLM shard in flight shares the endpoint's one concurrency bound (the gateway's). The
+            # URL is asked for only when a shard runs: a rerun whose LLM stages are done starts no server.
+            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
 
-        # 2. Text-to-Persona: documents → personas (LLM), in shards of llm_shard_docs documents
-        t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
-        sampling = dict(t2p_template.params)
-        sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
-        personas = run(run_ctx, TextToPersona.stage(
-            "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
-                                "relations": list(params.relations),
-                                "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
-            row_ranges(docs, params.llm_shard_docs), llm, params.llm_shard_parallelism))
-        reports.append(personas.report())
+            # 2. Text-to-Persona: documents → personas (LLM), in shards of llm_shard_docs documents
+            t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
+            sampling = dict(t2p_template.params)
+            sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
+            personas = run(run_ctx, TextToPersona.stage(
+                "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
+                                    "relations": list(params.relations),
+                                    "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
+                row_ranges(docs, params.llm_shard_docs), llm, params.llm_shard_parallelism))
+            reports.append(personas.report())
 
-        # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
-        p2p_template = load_template("persona_to_persona", PersonaToPersona.default_mode)
-        graph, graph_reports = persona_graph_stages(
-            run_ctx, personas.manifest, params.graph, llm,
-            llm_stage_params(p2p_template, dict(p2p_template.params), model, filters),
-            base.upstream.files() if base else [], base.version if base else None, params.llm_shard_parallelism)
-        reports.extend(graph_reports)
+            # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
+            p2p_template = load_template("persona_to_persona", PersonaToPersona.default_mode)
+            graph, graph_reports = persona_graph_stages(
+                run_ctx, personas.manifest, params.graph, llm,
+                llm_stage_params(p2p_template, dict(p2p_template.params), model, filters),
+                base.upstream.files() if base else [], base.version if base else None, params.llm_shard_parallelism)
+            reports.extend(graph_reports)
 
-    # 4. MinHash then embedding dedup of every node (the lowest hop is kept), against the hub as this run found it
-    nodes = Manifest.combine("nodes", [("h0", personas.manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph)])
-    kept, dedup_reports, index_parts = dedup_stages(run_ctx, settings, nodes, params.minhash, params.embedding, base)
-    reports.extend(dedup_reports)
+        # 4. MinHash then embedding dedup of every node (the lowest hop is kept), against the hub as this run found it
+        nodes = Manifest.combine("nodes", [("h0", personas.manifest)] + [(f"h{i + 1}", m) for i, m in enumerate(graph)])
+        kept, dedup_reports, index_parts = dedup_stages(run_ctx, settings, nodes, params.minhash, params.embedding, base)
+        reports.extend(dedup_reports)
 
-    # 5. publish: a new hub version (the base version's personas + this run's), once per finished run
-    lineage = {"run_id": run_id, "model": model, "template": t2p_template.ref,
-               "stages": {r.stage: asdict(r.counts) for r in reports}}
-    hub_manifest = publish_deduplicated(run_ctx, params.hub, kept, base, index_parts, lineage,
-                                        [f for m in graph for f in m.files("edges")])
+        # 5. publish: a new hub version (the base version's personas + this run's), once per finished run
+        lineage = {"run_id": run_id, "model": model, "template": t2p_template.ref,
+                   "stages": {r.stage: asdict(r.counts) for r in reports}}
+        hub_manifest = publish_deduplicated(run_ctx, params.hub, kept, base, index_parts, lineage,
+                                            [f for m in graph for f in m.files("edges")])
 
-    usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
-    summary = {
-        "run_id": run_id,
-        "run": store.uri(f"runs/{run_id}"),
-        "hub": params.hub,
-        "version": hub_manifest["version"],
-        "hub_path": store.uri(f"hubs/{params.hub}/{hub_manifest['version']}"),
-        "personas": hub_manifest["personas"],
-        "model": model,
-        "stages": [r.as_dict() for r in reports],
-        "llm_this_run": usage_now,
-    }
-    create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),
-                             description="build-hub counts")
-    return summary
+        usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
+        summary = {
+            "run_id": run_id,
+            "run": store.uri(f"runs/{run_id}"),
+            "hub": params.hub,
+            "version": hub_manifest["version"],
+            "hub_path": store.uri(f"hubs/{params.hub}/{hub_manifest['version']}"),
+            "personas": hub_manifest["personas"],
+            "model": model,
+            "stages": [r.as_dict() for r in reports],
+            "llm_this_run": usage_now,
+            "reused": reuse_summary(reports),
+        }
+        create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),
+                                 description="build-hub counts")
+        return summary
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -6,20 +6,51 @@ window that refills as each one finishes: a slow shard never holds back the next
 
 from __future__ import annotations
 
+import contextlib
 import queue
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import get_run_logger
 
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.run_context import RunContext
-from personahub.tasks.core.stage import Stage, StageResult
+from personahub.tasks.core.run_lock import RunLock
+from personahub.tasks.core.stage import Stage, StageReport, StageResult
 from personahub.tasks.dedup import exact as dedup_exact
 
 # Threads of a flow process's task runner: room for the CPU-bound shards (each stage's window, 2 by
 # default: tasks/core/stage.py) plus LLM shards, which mostly wait on the endpoint and run a window of
 # llm_shard_parallelism. Past one machine, Dask sets it.
 TASK_WORKERS = 4
+
+
+@contextlib.contextmanager
+def hold_run(run_ctx: RunContext, fresh: bool = False) -> Iterator[RunLock]:
+    """Hold the run id's lock for a flow's body; with `fresh`, drop its checkpoints first.
+
+    A second run on the same id is refused (RunLocked); a killed run's lock is taken over, which
+    is how a rerun or a Prefect retry of a crashed flow run resumes. `fresh` recomputes every stage;
+    LLM answers still come from the cache, which is keyed by content, not by run.
+    """
+    logger = get_run_logger()
+    with RunLock(run_ctx.store, run_ctx.run_id) as lock:
+        if lock.took_over is not None:
+            logger.warning("run %s: took over the lock of process %d on %s (gone or silent)", run_ctx.run_id,
+                           lock.took_over.pid, lock.took_over.host)
+        if fresh:
+            for stage in run_ctx.store.subdirs(f"runs/{run_ctx.run_id}"):
+                run_ctx.store.delete(f"runs/{run_ctx.run_id}/{stage}", recursive=True)
+            logger.info("run %s: --fresh, checkpoints removed", run_ctx.run_id)
+        yield lock
+
+
+def reuse_summary(reports: list[StageReport]) -> dict[str, int]:
+    """What this run took from earlier work: finished shards skipped, and calls answered by the cache."""
+    shards = sum(r.shards for r in reports)
+    run_now = sum(r.shards_run for r in reports)
+    return {"shards": shards, "shards_reused": shards - run_now,
+            "cache_hits": sum(int(r.usage_now.get("cache_hits", 0)) for r in reports)}
 
 
 def run(run_ctx: RunContext, stage: Stage[Any]) -> StageResult:

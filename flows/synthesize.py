@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.flows.stage_runner import TASK_WORKERS, hold_run, reuse_summary, run
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
@@ -90,6 +90,8 @@ class SynthesizeParams(BaseModel):
     diversity: DiversityParams = Field(default_factory=DiversityParams)
     shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
+    fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
+                        "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
     store: str | None = Field(None, description="Override the store URL (settings.store)")
     llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
@@ -102,7 +104,7 @@ class SynthesizeParams(BaseModel):
 def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
     """A run id from what the items depend on, except n (raising n resumes the run) and where the
     run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
-    keys = params.model_dump(exclude={"run_id", "store", "llm_shard_parallelism", "shard_rows", "personas",
+    keys = params.model_dump(exclude={"run_id", "fresh", "store", "llm_shard_parallelism", "shard_rows", "personas",
                                       "hub", "hub_version", "llm_base_url",
                                       "embedding_base_url"})
     keys["selection"].pop("n")
@@ -168,133 +170,135 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     source = persona_source(settings, params)
     run_id = params.run_id or synthesis_run_id(params, source.name)
     run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
-    get_run_logger().info("synthesis run %s in %s", run_id, run_ctx.store.uri(f"runs/{run_id}"))
-    reports: list[StageReport] = []
-    files = source.hub_files
-    if source.file_shards:
-        read = run(run_ctx, Stage("persona_input", {"text_column": params.text_column}, source.file_shards,
-                                  persona_input.read_task))
-        files = read.manifest.files()
-        reports.append(read.report())
-    query_matches = None
-    if params.selection.query:
-        matched = query_personas(run_ctx, settings, params.selection, source)
-        reports.append(matched.report())
-        query_matches = matched.manifest.files()
-    selected = run(run_ctx, Stage.one_shard(
-        "select_personas", {"selection": params.selection.model_dump(), "source": source.name, "files": files},
-        persona_selection.select_task, files=files, query_matches=query_matches))
-    reports.append(selected.report())
+    with hold_run(run_ctx, params.fresh):
+        get_run_logger().info("synthesis run %s in %s", run_id, run_ctx.store.uri(f"runs/{run_id}"))
+        reports: list[StageReport] = []
+        files = source.hub_files
+        if source.file_shards:
+            read = run(run_ctx, Stage("persona_input", {"text_column": params.text_column}, source.file_shards,
+                                      persona_input.read_task))
+            files = read.manifest.files()
+            reports.append(read.report())
+        query_matches = None
+        if params.selection.query:
+            matched = query_personas(run_ctx, settings, params.selection, source)
+            reports.append(matched.report())
+            query_matches = matched.manifest.files()
+        selected = run(run_ctx, Stage.one_shard(
+            "select_personas", {"selection": params.selection.model_dump(), "source": source.name, "files": files},
+            persona_selection.select_task, files=files, query_matches=query_matches))
+        reports.append(selected.report())
 
-    sampling = dict(template.params)
-    sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
-    with LLMEndpoint(settings) as endpoint:
-        llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
+        sampling = dict(template.params)
+        sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
+        with LLMEndpoint(settings) as endpoint:
+            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
 
-        # 2. persona-enhanced mode: each demonstration's persona, inferred by Text-to-Persona
-        demo_rows = [{"answer": d.answer, "persona": None} for d in demos]
-        if params.mode == "persona-enhanced":
-            demo_rows, demo_reports = demo_personas(run_ctx, demos, params.demos or "shipped", llm, model)
-            reports.extend(demo_reports)
+            # 2. persona-enhanced mode: each demonstration's persona, inferred by Text-to-Persona
+            demo_rows = [{"answer": d.answer, "persona": None} for d in demos]
+            if params.mode == "persona-enhanced":
+                demo_rows, demo_reports = demo_personas(run_ctx, demos, params.demos or "shipped", llm, model)
+                reports.extend(demo_reports)
 
-        # 3. the use case itself, in shards of shard_rows personas
-        synthesis_params = {**llm_stage_params(template, sampling, model, {}), "use_case": case.name,
-                            "variables": variables, "demos": demo_rows}
-        items = run(run_ctx, Synthesize.stage(
-            f"synthesize_{case.name}", {**synthesis_params, "input": selected.manifest.digest()},
-            row_ranges(selected.manifest, params.shard_rows, prefix="items"), llm, params.llm_shard_parallelism))
-        reports.append(items.report())
-        stages = [items]
+            # 3. the use case itself, in shards of shard_rows personas
+            synthesis_params = {**llm_stage_params(template, sampling, model, {}), "use_case": case.name,
+                                "variables": variables, "demos": demo_rows}
+            items = run(run_ctx, Synthesize.stage(
+                f"synthesize_{case.name}", {**synthesis_params, "input": selected.manifest.digest()},
+                row_ranges(selected.manifest, params.shard_rows, prefix="items"), llm, params.llm_shard_parallelism))
+            reports.append(items.report())
+            stages = [items]
 
-        # 4. decontamination first (it costs no call, and a copied test question is worth no solver's)
-        if params.decontamination.references:
-            stages.append(run(run_ctx, Stage(
-                "decontaminate", {"decontamination": params.decontamination.model_dump(),
-                                  "references": reference_fingerprint(params.decontamination.references),
-                                  "input": stages[-1].manifest.digest()},
-                row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
+            # 4. decontamination first (it costs no call, and a copied test question is worth no solver's)
+            if params.decontamination.references:
+                stages.append(run(run_ctx, Stage(
+                    "decontaminate", {"decontamination": params.decontamination.model_dump(),
+                                      "references": reference_fingerprint(params.decontamination.references),
+                                      "input": stages[-1].manifest.digest()},
+                    row_ranges(stages[-1].manifest, params.shard_rows, prefix="decon"), decontaminate_task)))
 
-        # 5. conversations: the persona's prompt answered, then its follow-ups, one half-turn per stage
-        if case.name == "instructions" and params.turns:
-            assistant = params.assistant_model or model
-            assistant_llm = Deferred(lambda: {**llm(), "model": assistant})
-            for turn in range(1, params.turns + 1):
-                for role in (("user",) if turn > 1 else ()) + ("assistant",):
-                    half = load_template("conversation", role)
-                    stages.append(run(run_ctx, ConversationTurn.stage(
-                        f"conversation_{role}_{turn}",
-                        {**llm_stage_params(half, dict(half.params), assistant if role == "assistant" else model, {}),
-                         "input": stages[-1].manifest.digest()},
-                        row_ranges(stages[-1].manifest, params.shard_rows, prefix=f"{role[0]}{turn}-"),
-                        assistant_llm if role == "assistant" else llm, params.llm_shard_parallelism)))
+            # 5. conversations: the persona's prompt answered, then its follow-ups, one half-turn per stage
+            if case.name == "instructions" and params.turns:
+                assistant = params.assistant_model or model
+                assistant_llm = Deferred(lambda: {**llm(), "model": assistant})
+                for turn in range(1, params.turns + 1):
+                    for role in (("user",) if turn > 1 else ()) + ("assistant",):
+                        half = load_template("conversation", role)
+                        stages.append(run(run_ctx, ConversationTurn.stage(
+                            f"conversation_{role}_{turn}",
+                            {**llm_stage_params(half, dict(half.params), assistant if role == "assistant" else model, {}),
+                             "input": stages[-1].manifest.digest()},
+                            row_ranges(stages[-1].manifest, params.shard_rows, prefix=f"{role[0]}{turn}-"),
+                            assistant_llm if role == "assistant" else llm, params.llm_shard_parallelism)))
 
-        # 6. the stages that verify and grade what was written
-        sandbox = {"timeout_s": params.sandbox_timeout_s, "memory_mb": params.sandbox_memory_mb}
-        if case.name == "math" and params.solve:
-            stages.append(run(run_ctx, SolveMath.stage(
-                "solve_math", {"solvers": [s.model_dump() for s in params.solvers],
-                               "templates": solver_templates(params.solvers), "min_agreement": params.min_agreement,
-                               "sandbox": sandbox, "model": model, "input": stages[-1].manifest.digest()},
-                row_ranges(stages[-1].manifest, params.shard_rows, prefix="solve"), llm, params.llm_shard_parallelism)))
-        if case.name == "tools" and params.implement:
-            impl = load_template("tool_implementation", "zero-shot")
-            stages.append(run(run_ctx, ImplementTools.stage(
-                "implement_tools", {**llm_stage_params(impl, dict(impl.params), model, {}), "sandbox": sandbox,
-                                    "input": stages[-1].manifest.digest()},
-                row_ranges(stages[-1].manifest, params.shard_rows, prefix="impl"), llm, params.llm_shard_parallelism)))
-        if params.judge:
-            judge = load_template("judge", "zero-shot")
-            stages.append(run(run_ctx, JudgeItems.stage(
-                "judge", {**llm_stage_params(judge, dict(judge.params), model, {}), "use_case": case.name,
-                          "min_score": params.min_judge_score, "input": stages[-1].manifest.digest()},
-                row_ranges(stages[-1].manifest, params.shard_rows, prefix="judge"), llm, params.llm_shard_parallelism)))
-        reports.extend(stage.report() for stage in stages[1:])
-        final = run(run_ctx, Stage("dataset", {"use_case": case.name, "input": stages[-1].manifest.digest()},
-                                   row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
-                                   dataset_stage.copy_rows_task))
+            # 6. the stages that verify and grade what was written
+            sandbox = {"timeout_s": params.sandbox_timeout_s, "memory_mb": params.sandbox_memory_mb}
+            if case.name == "math" and params.solve:
+                stages.append(run(run_ctx, SolveMath.stage(
+                    "solve_math", {"solvers": [s.model_dump() for s in params.solvers],
+                                   "templates": solver_templates(params.solvers), "min_agreement": params.min_agreement,
+                                   "sandbox": sandbox, "model": model, "input": stages[-1].manifest.digest()},
+                    row_ranges(stages[-1].manifest, params.shard_rows, prefix="solve"), llm, params.llm_shard_parallelism)))
+            if case.name == "tools" and params.implement:
+                impl = load_template("tool_implementation", "zero-shot")
+                stages.append(run(run_ctx, ImplementTools.stage(
+                    "implement_tools", {**llm_stage_params(impl, dict(impl.params), model, {}), "sandbox": sandbox,
+                                        "input": stages[-1].manifest.digest()},
+                    row_ranges(stages[-1].manifest, params.shard_rows, prefix="impl"), llm, params.llm_shard_parallelism)))
+            if params.judge:
+                judge = load_template("judge", "zero-shot")
+                stages.append(run(run_ctx, JudgeItems.stage(
+                    "judge", {**llm_stage_params(judge, dict(judge.params), model, {}), "use_case": case.name,
+                              "min_score": params.min_judge_score, "input": stages[-1].manifest.digest()},
+                    row_ranges(stages[-1].manifest, params.shard_rows, prefix="judge"), llm, params.llm_shard_parallelism)))
+            reports.extend(stage.report() for stage in stages[1:])
+            final = run(run_ctx, Stage("dataset", {"use_case": case.name, "input": stages[-1].manifest.digest()},
+                                       row_ranges(stages[-1].manifest, params.shard_rows, prefix="part-"),
+                                       dataset_stage.copy_rows_task))
 
-        # 7. diversity (Figure 10): persona pairs near each target similarity, their greedy outputs compared
-        diverse = None
-        if params.diversity.enabled:
-            from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when it runs
+            # 7. diversity (Figure 10): persona pairs near each target similarity, their greedy outputs compared
+            diverse = None
+            if params.diversity.enabled:
+                from personahub.tasks.serving.embedding_server import EmbeddingEndpoint  # torch loads only when it runs
 
-            with EmbeddingEndpoint(settings) as embedder:
-                embeddings = Deferred(lambda: embedder.worker_config())
-                diverse = run(run_ctx, Stage.one_shard(
-                    "diversity", {"diversity": params.diversity.model_dump(), "selection": params.selection.model_dump(),
-                                  "synthesis": synthesis_params, "embedding_model": embedder.model,
-                                  "source": source.name, "dataset": final.manifest.digest()},
-                    diversity_task, files=files, hub_index=source.embedding_index, llm=llm,
-                    embeddings=embeddings, dataset_files=final.manifest.files()))
-            reports.append(diverse.report())
+                with EmbeddingEndpoint(settings) as embedder:
+                    embeddings = Deferred(lambda: embedder.worker_config())
+                    diverse = run(run_ctx, Stage.one_shard(
+                        "diversity", {"diversity": params.diversity.model_dump(), "selection": params.selection.model_dump(),
+                                      "synthesis": synthesis_params, "embedding_model": embedder.model,
+                                      "source": source.name, "dataset": final.manifest.digest()},
+                        diversity_task, files=files, hub_index=source.embedding_index, llm=llm,
+                        embeddings=embeddings, dataset_files=final.manifest.files()))
+                reports.append(diverse.report())
 
-    usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
-    summary = {
-        "run_id": run_id,
-        "run": run_ctx.store.uri(f"runs/{run_id}"),
-        "use_case": case.name,
-        "mode": template.mode,
-        "template": template.ref,
-        "model": model,
-        "source": source.name,
-        "personas": selected.manifest.totals.rows_out,
-        "items": final.manifest.totals.rows_out,
-        "generated": items.manifest.totals.rows_out,
-        "quarantined": items.manifest.totals.quarantined,
-        "generated_files": items.manifest.files(),
-        "dataset_path": run_ctx.store.uri(f"runs/{run_id}/dataset"),
-        "dataset_files": final.manifest.files(),
-        "stages": [r.as_dict() for r in reports],
-        "llm_this_run": usage_now,
-        "params": params.model_dump(exclude={"llm_base_url", "embedding_base_url", "store"}),
-    }
-    manifests = {s.manifest.stage: s.manifest for s in [*stages, *([diverse] if diverse else [])]}
-    report = quality_report.build_report(run_ctx.store, summary, manifests)
-    quality_report.write_report(run_ctx.store, run_id, report, manifests.get("diversity"))
-    summary["report"] = run_ctx.store.uri(quality_report.report_path(run_id))
-    create_markdown_artifact(key=f"synthesize-{case.name}-report", markdown=quality_report.markdown(report),
-                             description="synthesis quality report: validity, verification, decontamination, spread")
-    return summary
+        usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
+        summary = {
+            "run_id": run_id,
+            "run": run_ctx.store.uri(f"runs/{run_id}"),
+            "use_case": case.name,
+            "mode": template.mode,
+            "template": template.ref,
+            "model": model,
+            "source": source.name,
+            "personas": selected.manifest.totals.rows_out,
+            "items": final.manifest.totals.rows_out,
+            "generated": items.manifest.totals.rows_out,
+            "quarantined": items.manifest.totals.quarantined,
+            "generated_files": items.manifest.files(),
+            "dataset_path": run_ctx.store.uri(f"runs/{run_id}/dataset"),
+            "dataset_files": final.manifest.files(),
+            "stages": [r.as_dict() for r in reports],
+            "llm_this_run": usage_now,
+            "reused": reuse_summary(reports),
+            "params": params.model_dump(exclude={"llm_base_url", "embedding_base_url", "store"}),
+        }
+        manifests = {s.manifest.stage: s.manifest for s in [*stages, *([diverse] if diverse else [])]}
+        report = quality_report.build_report(run_ctx.store, summary, manifests)
+        quality_report.write_report(run_ctx.store, run_id, report, manifests.get("diversity"))
+        summary["report"] = run_ctx.store.uri(quality_report.report_path(run_id))
+        create_markdown_artifact(key=f"synthesize-{case.name}-report", markdown=quality_report.markdown(report),
+                                 description="synthesis quality report: validity, verification, decontamination, spread")
+        return summary
 
 
 def reference_fingerprint(references: list[str]) -> list[str]:

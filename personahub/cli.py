@@ -110,6 +110,7 @@ def build(
     k: int = typer.Option(3, help="Related personas asked for per persona"),
     max_new_per_hop: int = typer.Option(32, help="Personas expanded per hop at most (seeded sample)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
@@ -126,7 +127,7 @@ def build(
     from personahub.tasks.core.settings import load_settings
 
     fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
-                              "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id,
+                              "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id, "fresh": fresh,
                               "embedding_base_url": embedding_base_url, "embedding_model": embedding_model}
     if language:
         fields["crawl"] = {"languages": language}
@@ -137,7 +138,7 @@ def build(
     fields["graph"] = {"hops": hops, "k": k, "max_new_per_hop": max_new_per_hop}
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
-    with endpoint_errors("build"):
+    with endpoint_errors("build"), run_locked("build"):
         summary = build_hub(params)
     elapsed = time.monotonic() - started
 
@@ -146,6 +147,7 @@ def build(
     skipped = sum(s["skipped"] for s in summary["stages"])
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache, "
                f"{skipped} finished stage(s) skipped; tokens paid: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    typer.echo(_reused_line(summary["reused"]))
     if u["calls"] == 0:
         typer.echo("Nothing was paid for: every LLM answer this build needs was already checkpointed or cached.")
     typer.echo(f"Hub {summary['hub']} {summary['version']}: {summary['personas']} personas at {summary['hub_path']}")
@@ -155,6 +157,23 @@ def build(
     manifest = st.read_json(f"hubs/{summary['hub']}/{summary['version']}/manifest.json")
     for row in sample_personas(st, manifest, show):
         typer.echo(f"  - [{row['relation']}] {row['persona']}")
+
+
+@contextlib.contextmanager
+def run_locked(command: str) -> Iterator[None]:
+    """Another process holds the run id: say who, exit 2, no traceback."""
+    from personahub.tasks.core.run_lock import RunLocked
+
+    try:
+        yield
+    except RunLocked as exc:
+        typer.echo(f"personahub {command}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _reused_line(reused: dict[str, int]) -> str:
+    return (f"Reused from earlier runs: {reused['shards_reused']} of {reused['shards']} shards, "
+            f"{reused['cache_hits']} LLM calls from the cache")
 
 
 def _print_stages(stages: list[dict[str, Any]]) -> None:
@@ -259,6 +278,7 @@ def synthesize(
     embedding_base_url: Optional[str] = typer.Option(None, help="Embeddings endpoint …/v1 for the diversity measure (default: embedded model)"),
     diversity: bool = typer.Option(True, help="Measure diversity (the paper's Figure 10) and plot it"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
     implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),
@@ -295,7 +315,7 @@ def synthesize(
             variables["world"] = fh.read().strip()
     params = SynthesizeParams(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
-        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id,
+        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id, fresh=fresh,
         embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
         turns=turns, assistant_model=assistant_model, solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
@@ -303,7 +323,7 @@ def synthesize(
                                    query=query, query_k=query_k))
     started = time.monotonic()
     try:
-        with endpoint_errors("synthesize"):
+        with endpoint_errors("synthesize"), run_locked("synthesize"):
             summary = synthesize_flow(params)
     except (SynthesisParamsError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
         typer.echo(f"personahub synthesize: {exc}", err=True)
@@ -312,6 +332,7 @@ def synthesize(
     u = summary["llm_this_run"]
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache; tokens paid: "
                f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
+    typer.echo(_reused_line(summary["reused"]))
     typer.echo(f"{summary['items']} {summary['use_case']} items ({summary['mode']}) from {summary['personas']} personas "
                f"({summary['generated']} valid, {summary['quarantined']} quarantined), at {summary['dataset_path']}  "
                f"({time.monotonic() - started:.0f} s)")

@@ -180,6 +180,27 @@ def test_rerun_pays_nothing_and_raising_n_pays_only_for_new_personas(server, tmp
     assert server.calls == 10 and grown["llm_this_run"]["calls"] == 4, "only the 4 new personas are asked"
     assert grown["run_id"] == first["run_id"], "n is not part of the run id"
     assert [r["persona_id"] for r in items_of(store, grown)][:6] == first_ids
+    assert again["reused"]["shards_reused"] == again["reused"]["shards"] > 0
+
+    fresh = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=10), fresh=True))
+    assert fresh["run_id"] == first["run_id"] and server.calls == 10, "--fresh recomputes from the cache"
+    assert fresh["reused"]["shards_reused"] == 0 and fresh["reused"]["cache_hits"] == 10
+    assert [r["persona_id"] for r in items_of(store, fresh)] == [r["persona_id"] for r in items_of(store, grown)]
+
+
+def test_a_run_id_in_use_is_refused_before_any_call(server, tmp_path: Path) -> None:
+    from personahub.tasks.core.run_lock import RunLock, RunLocked
+
+    personas = write_personas(tmp_path / "personas.parquet", 4)
+    server.responder = responder_for("instructions", set())
+    params = SynthesizeParams(use_case="instructions", mode="zero-shot", personas=[str(personas)], run_id="busy",
+                              diversity=NO_DIVERSITY, store=str(tmp_path / "store"), llm_base_url=server.base_url,
+                              selection=PersonaSelection(n=4))
+    with RunLock(Store(str(tmp_path / "store")), "busy"):  # this (live) process holds it
+        with pytest.raises(RunLocked, match="run busy is in use"):
+            synthesize(params)
+    assert server.calls == 0
+    assert synthesize(params)["items"] == 4  # free again once released
 
 
 def test_persona_enhanced_infers_the_demonstrations_personas_first(server, tmp_path: Path) -> None:

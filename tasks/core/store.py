@@ -101,6 +101,28 @@ class Store:
         else:
             self.fs.pipe_file(path, data)
 
+    def create(self, rel: str, data: bytes) -> bool:
+        """Write `rel` only if it does not exist yet, atomically; False when it already did.
+
+        Locally O_EXCL; on S3 a conditional PUT (If-None-Match: *, honoured by AWS, MinIO and moto),
+        so of two processes racing for the same name exactly one wins.
+        """
+        path = self.full(rel)
+        if self.is_local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            return True
+        try:
+            self.fs.pipe_file(path, data, IfNoneMatch="*")
+        except FileExistsError:  # s3fs's mapping of 412 Precondition Failed
+            return False
+        return True
+
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.full(rel))
 
