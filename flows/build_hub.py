@@ -28,7 +28,7 @@ from personahub.tasks.core.settings import load_settings
 from personahub.tasks.core.stage import Deferred, StageReport, row_ranges
 from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
-from personahub.tasks.crawl import CrawlParams
+from personahub.tasks.crawl import CrawlParams, source_files_task as crawl_source_files
 from personahub.tasks.hub import publish
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.templates import load_template
@@ -113,7 +113,9 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         model = resolve_model(settings)
         reports: list[StageReport] = []
 
-        # 1. crawl: input files → document shards, deduplicated across the crawl
+        # 1. crawl: input files → document shards, deduplicated across the crawl (the files are
+        # recorded in the version, so a refresh knows what it has seen)
+        sources = crawl_source_files(params.corpus)
         docs, crawl_reports = crawl_stages(run_ctx, params.corpus, params.crawl, params.max_docs, params.seed,
                                            params.rows_per_bucket, shard_bytes=params.crawl_shard_bytes)
         reports.extend(crawl_reports)
@@ -151,7 +153,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         lineage = {"run_id": run_id, "model": model, "template": t2p_template.ref,
                    "stages": {r.stage: asdict(r.counts) for r in reports}}
         hub_manifest = publish_deduplicated(run_ctx, params.hub, kept, base, index_parts, lineage,
-                                            [f for m in graph for f in m.files("edges")])
+                                            [f for m in graph for f in m.files("edges")], sources)
 
         usage_now = Usage.merge([Usage.from_dict(r.usage_now) for r in reports]).as_dict()
         summary = {

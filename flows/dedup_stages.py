@@ -232,7 +232,7 @@ def dedup_stages(run_ctx: RunContext, settings: Any, upstream: Manifest, minhash
 
 def publish_deduplicated(run_ctx: RunContext, hub: str, kept: Manifest, base: HubBase | None,
                          index_parts: dict[str, Any], lineage: dict[str, Any],
-                         edge_files: list[str] | None = None) -> dict[str, Any]:
+                         edge_files: list[str] | None = None, sources: dict[str, str] | None = None) -> dict[str, Any]:
     """The kept personas as the hub's next version (base's personas + these, with the dedup index),
     once per finished run: a rerun returns the version it already published."""
     params = {"hub": hub, "input": kept.digest(), "base": base.version if base else None}
@@ -242,5 +242,5 @@ def publish_deduplicated(run_ctx: RunContext, hub: str, kept: Manifest, base: Hu
     published = run(run_ctx, Stage.one_shard(
         "publish", params, publish_task,
         files=kept.files(), rows=kept.rows(), lineage=lineage, edge_files=edge_files or [], base=base.manifest if base else None,
-        index_parts=index_parts))
+        index_parts=index_parts, sources=sources))
     return published.manifest.only_shard().extra["hub_manifest"]

@@ -176,6 +176,34 @@ def _reused_line(reused: dict[str, int]) -> str:
             f"{reused['cache_hits']} LLM calls from the cache")
 
 
+@app.command()
+def refresh(
+    corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs (default: the shipped demo corpus)"),
+    hub: str = typer.Option("default", help="Hub to refresh"),
+    store: Optional[str] = StoreOpt,
+    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
+    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    embedding_base_url: Optional[str] = typer.Option(None, help="Embeddings endpoint …/v1 (default: embedded model)"),
+    hops: int = typer.Option(6, help="Persona-to-Persona rounds (0 = none)"),
+) -> None:
+    """The nightly refresh, once: a new hub version from the corpus's files no version has read yet.
+
+    Nothing new: nothing is published. Deployed, it runs on a schedule (personahub deploy).
+    """
+    from personahub.flows.nightly_refresh import RefreshParams, nightly_refresh
+
+    fields: dict[str, Any] = {"hub": hub, "store": store, "llm_base_url": llm_base_url, "llm_model": llm_model,
+                              "embedding_base_url": embedding_base_url, "corpus": corpus or None,
+                              "graph": {"hops": hops}}
+    params = RefreshParams(**{k: v for k, v in fields.items() if v is not None})
+    with endpoint_errors("refresh"), run_locked("refresh"):
+        summary = nightly_refresh(params)
+    if summary["published"]:
+        _print_stages(summary["stages"])
+        typer.echo(_reused_line(summary["reused"]))
+    typer.echo(f"hub {hub}: {summary['new_files']} new of {summary['files']} files; {summary['message']}")
+
+
 def _print_stages(stages: list[dict[str, Any]]) -> None:
     """The per-stage table (tasks/core/report.py), the one the flow's artifact shows."""
     from rich.console import Console
@@ -497,6 +525,40 @@ def hub_show(
                f"created {manifest['created_at']}")
     for row in sample_personas(st, manifest, n):
         typer.echo(f"  {row['persona_id']}  [{row['relation']}] {row['persona']}")
+
+
+@hub_app.command("versions")
+def hub_versions_cmd(
+    hub: str = typer.Option("default", help="Hub name"),
+    store: Optional[str] = StoreOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table"),
+) -> None:
+    """Every published version: personas, what it added, the duplicates its run removed, its files."""
+    from personahub.tasks.hub.publish import hub_prefix, hub_versions
+    from personahub.tasks.core.settings import load_settings
+    from personahub.tasks.core.store import Store
+
+    st = Store.from_settings(load_settings(store=store))
+    rows, previous = [], 0
+    for version in hub_versions(st, hub):
+        m = st.read_json(f"{hub_prefix(hub)}/{version}/manifest.json")
+        stages = (m.get("lineage") or {}).get("stages") or {}
+        removed = sum(stages.get(name, {}).get("filtered", 0) for name in ("minhash_select", "embedding_select"))
+        rows.append({"version": version, "created_at": m["created_at"], "run_id": m["run_id"], "personas": m["personas"],
+                     "added": m["personas"] - previous, "duplicates_removed": removed,
+                     "files_read": (m.get("sources") or {}).get("files"), "previous": m.get("previous")})
+        previous = m["personas"]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no published version of hub {hub!r} in {st.uri()}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{'version':8} {'created':25} {'personas':>8} {'added':>7} {'dups removed':>12} {'files':>6}  run")
+    for r in rows:
+        files = "-" if r["files_read"] is None else str(r["files_read"])
+        typer.echo(f"{r['version']:8} {r['created_at']:25} {r['personas']:>8} {r['added']:>+7} "
+                   f"{r['duplicates_removed']:>12} {files:>6}  {r['run_id']}")
 
 
 personas_app = typer.Typer(help="Look up personas in a published hub.", no_args_is_help=True)

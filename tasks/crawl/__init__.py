@@ -114,6 +114,13 @@ def plan_crawl_task(sources: list[str], shard_bytes: int) -> dict[str, list[str]
     return group_files(expand_sources(sources), shard_bytes)
 
 
+@task(name="list-source-files", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
+def source_files_task(sources: list[str]) -> dict[str, str]:
+    """Prefect task: every file a crawl of `sources` reads → its id (path, size, mtime), which a hub
+    version records so a later refresh knows what it has seen."""
+    return {url: file_id for url, (file_id, _size) in _file_ids(expand_sources(sources)).items()}
+
+
 def _file_ids(files: list[str]) -> dict[str, tuple[str, int]]:
     """File → (its id from path, size and mtime, its size)."""
     out = {}

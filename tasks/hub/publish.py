@@ -3,9 +3,12 @@
 Layout under the store:
     hubs/<hub>/v0001/personas/part-00000.parquet …   nodes of the persona graph (hop, parent_id, doc_id)
     hubs/<hub>/v0001/edges/part-00000.parquet …      Persona-to-Persona edges (parent, child, relation)
+    hubs/<hub>/v0001/sources.parquet    the input files this version's run read (url, file_id)
     hubs/<hub>/v0001/manifest.json      (written after every part)
     hubs/<hub>/latest.json              (pointer, written last)
-A version folder without manifest.json is an interrupted publish and is never pointed to.
+A version folder without manifest.json is an interrupted publish and is never pointed to. A
+publisher claims its number first (an exclusive .claim object), so two runs publishing at once take
+two numbers instead of writing into one folder.
 """
 
 from __future__ import annotations
@@ -78,16 +81,17 @@ def publish_hub(
     store: Store, hub: str, run_id: str, persona_files: list[str], lineage: dict[str, Any],
     edge_files: list[str] | None = None, previous: dict[str, Any] | None = None,
     index: Callable[[str, dict[str, Any] | None], dict[str, Any]] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Copy the final shards into a new hub version; returns the version's manifest.
 
     With `previous` (the version this run was deduplicated against), the new version holds the
     previous version's personas and edges too, by reference (parts are immutable), so a refresh
     adds to the hub instead of replacing it. `index(prefix, previous_index)` writes the version's
-    dedup index (tasks/hub/index.py) and returns its manifest entry.
+    dedup index (tasks/hub/index.py) and returns its manifest entry. `sources` (url → file id) are
+    the files the run read; seen_source_ids() gathers them over all versions for a refresh.
     """
-    version = next_version(store, hub)
-    prefix = f"{hub_prefix(hub)}/{version}"
+    version, prefix = claim_version(store, hub, run_id)
     parts, total = _copy_parts(store, persona_files, f"{prefix}/personas", HUB_COLUMNS)
     edge_parts, edges = _copy_parts(store, edge_files or [], f"{prefix}/edges", None)
     if previous is not None:
@@ -110,14 +114,40 @@ def publish_hub(
     }
     if index is not None:
         manifest["index"] = index(f"{prefix}/index", (previous or {}).get("index"))
+    if sources is not None:
+        table = pa.table({"url": list(sources), "file_id": list(sources.values())})
+        store.write_parquet(f"{prefix}/sources.parquet", table)
+        manifest["sources"] = {"file": f"{prefix}/sources.parquet", "files": table.num_rows}
     store.write_json(f"{prefix}/manifest.json", manifest)
-    store.write_json(f"{hub_prefix(hub)}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
+    current = latest_manifest(store, hub)
+    if current is None or int(current["version"][1:]) < int(version[1:]):  # a slower, older publish never moves it back
+        store.write_json(f"{hub_prefix(hub)}/latest.json", {"version": version, "manifest": f"{prefix}/manifest.json"})
     return manifest
+
+
+def claim_version(store: Store, hub: str, run_id: str) -> tuple[str, str]:
+    """The next free version number, claimed exclusively: (version, its folder)."""
+    while True:
+        version = next_version(store, hub)
+        prefix = f"{hub_prefix(hub)}/{version}"
+        if store.create(f"{prefix}/.claim", run_id.encode()):
+            return version, prefix
+
+
+def seen_source_ids(store: Store, hub: str) -> set[str]:
+    """The ids of every input file any published version of the hub has read."""
+    seen: set[str] = set()
+    for version in hub_versions(store, hub):
+        manifest = store.read_json(f"{hub_prefix(hub)}/{version}/manifest.json")
+        if manifest.get("sources"):
+            seen.update(store.read_parquet(manifest["sources"]["file"], columns=["file_id"]).column("file_id").to_pylist())
+    return seen
 
 
 @task(name="publish", retries=2, retry_delay_seconds=[1, 5], cache_policy=NO_CACHE)
 def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[str], rows: int, lineage: dict[str, Any],
-                 edge_files: list[str], base: dict[str, Any] | None, index_parts: dict[str, Any]) -> dict[str, Any]:
+                 edge_files: list[str], base: dict[str, Any] | None, index_parts: dict[str, Any],
+                 sources: dict[str, str] | None = None) -> dict[str, Any]:
     """Prefect task: the kept personas (files, `rows` in all) as the hub's next version over `base`,
     with the dedup index; the version's manifest is the shard's extra, so a rerun returns it instead
     of publishing again."""
@@ -125,7 +155,7 @@ def publish_task(stage: StageRef, shard_id: str, _input: None, *, files: list[st
     manifest = publish_hub(
         store, stage.params["hub"], stage.run.run_id, files, lineage, edge_files, previous=base,
         index=lambda prefix, previous: write_index(store, prefix, index_parts["minhash"], index_parts.get("embedding"),
-                                                   previous))
+                                                   previous), sources=sources)
     stage.checkpoint.write_shard(shard_id, {}, ShardCounts(rows_in=rows, rows_out=rows), extra={"hub_manifest": manifest})
     return {"version": manifest["version"]}
 
