@@ -426,6 +426,54 @@ def export(
 
 
 @app.command()
+def deploy(
+    file: Optional[str] = typer.Option(None, "--file", help="Deployments file (default: the shipped deployments/prefect.yaml)"),
+    pool: Optional[str] = typer.Option(None, help="Process work pool (default: the file's, personahub); created when missing"),
+    cron: Optional[str] = typer.Option(None, help="nightly-refresh schedule, cron syntax (default: the file's, 0 2 * * *)"),
+    timezone: Optional[str] = typer.Option(None, help="Timezone of the schedule, e.g. Europe/Berlin (default: UTC)"),
+    corpus: Optional[list[str]] = typer.Option(None, "--corpus", help="nightly-refresh / build-hub default corpus (repeatable)"),
+    hub: Optional[str] = typer.Option(None, help="Default hub of the deployments"),
+    store: Optional[str] = StoreOpt,
+    llm_base_url: Optional[str] = typer.Option(None, help="Default LLM endpoint of the deployments (default: embedded model)"),
+) -> None:
+    """Register the deployments (nightly-refresh on a schedule, build-hub and synthesize on demand)
+    on the Prefect server PREFECT_API_URL names, and their work pool; then run `personahub worker`."""
+    from prefect.settings import PREFECT_API_URL
+
+    from personahub.flows import deployments
+
+    if not PREFECT_API_URL.value():
+        typer.echo("personahub deploy: PREFECT_API_URL is not set: start a server (prefect server start) and "
+                   "export PREFECT_API_URL=http://127.0.0.1:4200/api", err=True)
+        raise typer.Exit(2)
+    defaults = {k: v for k, v in {"corpus": corpus or None, "hub": hub, "store": store, "llm_base_url": llm_base_url}.items()
+                if v is not None}
+    specs = deployments.with_overrides(deployments.load_specs(file), pool=pool, cron=cron, timezone=timezone,
+                                       params=defaults)
+    ids = deployments.apply(specs)
+    for spec in specs:
+        when = ", ".join(f"cron {s['cron']} ({s.get('timezone') or 'UTC'})" for s in spec.schedules) or "on demand"
+        limit = f", at most {spec.concurrency_limit} at a time" if spec.concurrency_limit else ""
+        typer.echo(f"{spec.name}: {ids[spec.name]}  {when}{limit}  pool {spec.work_pool}")
+    ui = PREFECT_API_URL.value().rstrip("/").removesuffix("/api")
+    typer.echo(f"Start a worker: personahub worker --pool {specs[0].work_pool}    UI: {ui}/deployments")
+
+
+@app.command()
+def worker(
+    pool: str = typer.Option("personahub", help="Work pool to take runs from"),
+    limit: Optional[int] = typer.Option(None, help="Flow runs at once at most"),
+) -> None:
+    """Run a process worker for the deployments (exactly `prefect worker start --pool POOL --type process`)."""
+    import sys
+
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    if limit:
+        command += ["--limit", str(limit)]
+    os.execv(sys.executable, command)
+
+
+@app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of aligned text")) -> None:
     """Show the settings in force (environment, config file, defaults), secrets masked."""
     from personahub.tasks.core.settings import config_file, load_settings

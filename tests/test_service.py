@@ -1,0 +1,138 @@
+"""personahub as a service, the way a user runs it: a Prefect server (its own process, SQLite), the
+deployments registered with `personahub deploy`, the nightly schedule's runs, an on-demand
+synthesis triggered through the REST API with parameters, run by `personahub worker`, its results
+read from S3 (moto). docker-compose.yml's topology, with processes instead of containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from conftest import S3_BUCKET
+from personahub.tasks.core.store import Store
+from test_synthesis import responder_for, write_personas
+
+pytestmark = pytest.mark.slow
+PERSONAHUB = str(Path(sys.executable).with_name("personahub"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, what: str, deadline_s: float = 300.0, every: float = 1.0):
+    """Poll `check` until it returns something truthy; the deadline only catches a hung service."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its own PREFECT_HOME; yields the clients' environment."""
+    home = tmp_path_factory.mktemp("prefect-server") / "home"
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    log = open(home.parent / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, f"prefect server exited: {(home.parent / 'server.log').read_text()[-2000:]}"
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, "the Prefect server to answer", 180)
+        yield {**{k: v for k, v in os.environ.items() if k != "PREFECT_HOME"}, "PREFECT_API_URL": api,
+               "PREFECT_HOME": str(home.parent / "client-home"), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def post(env: dict[str, str], path: str, body: dict) -> httpx.Response:
+    response = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response
+
+
+def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server, s3_server, tmp_path: Path) -> None:
+    env = prefect_server
+    deployed = subprocess.run([PERSONAHUB, "deploy", "--timezone", "Europe/Berlin"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr
+    ids = {line.split(":")[0]: line.split()[1] for line in deployed.stdout.splitlines() if line.split(":")[0] in
+           ("nightly-refresh", "build-hub", "synthesize")}
+    assert set(ids) == {"nightly-refresh", "build-hub", "synthesize"}
+
+    nightly = httpx.get(f"{env['PREFECT_API_URL']}/deployments/{ids['nightly-refresh']}", timeout=30).json()
+    assert nightly["global_concurrency_limit"]["limit"] == 1 and nightly["work_pool_name"] == "personahub"
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+    scheduled = wait_for(lambda: post(env, "/flow_runs/filter", {
+        "deployments": {"id": {"any_": [ids["nightly-refresh"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }).json(), "the scheduler to create the nightly runs", 120)
+    for run in scheduled:  # each at 02:00 Berlin time, whatever the UTC offset of its date
+        start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00")).astimezone(ZoneInfo("Europe/Berlin"))
+        assert (start.hour, start.minute) == (2, 0), run["expected_start_time"]
+
+    form = httpx.get(f"{env['PREFECT_API_URL']}/deployments/{ids['synthesize']}", timeout=30).json()["parameter_openapi_schema"]
+    fields = form["definitions"]["SynthesizeParams"]["properties"]
+    assert "description" in fields["use_case"] and fields["mode"]["default"] == "few-shot"
+
+    # An on-demand synthesis with parameters, as the UI's form or a script would send them.
+    personas = write_personas(tmp_path / "personas.parquet", 5)
+    server.responder = responder_for("instructions", set())
+    store_url = f"s3://{S3_BUCKET}/{uuid.uuid4().hex}"
+    params = {"use_case": "instructions", "mode": "zero-shot", "personas": [str(personas)], "store": store_url,
+              "llm_base_url": server.base_url, "diversity": {"enabled": False}, "selection": {"n": 5}}
+    run = post(env, f"/deployments/{ids['synthesize']}/create_flow_run", {"parameters": {"params": params}}).json()
+
+    worker_env = {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "PERSONAHUB_S3_ENDPOINT_URL": s3_server}
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([PERSONAHUB, "worker", "--pool", "personahub"], env=worker_env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    try:
+        def finished():
+            state = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run['id']}", timeout=30).json()["state"]
+            return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+        state = wait_for(finished, "the worker to run the synthesis", 600, every=2)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+    assert state["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    assert server.calls == 5
+
+    store = Store(store_url, s3_endpoint_url=s3_server)
+    runs = store.subdirs("runs")
+    assert len(runs) == 1 and runs[0].startswith("syn-instructions-")
+    report = store.read_json(f"runs/{runs[0]}/report.json")
+    assert report["validity"]["asked"] == 5 and report["validity"]["valid"] == 5
+    rows = [r for f in report["dataset_files"] for r in store.read_parquet(f).to_pylist()]
+    assert len(rows) == 5 and all(json.loads(r["output"])["prompt"] == r["text"] for r in rows)
