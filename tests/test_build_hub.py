@@ -198,6 +198,20 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     assert server.calls - calls_before <= 12 - docs_in_done_shards
     assert server.calls <= 12 + 2, "responses paid for before the kill are not paid again"
 
+    # The resumed hub is the hub an uninterrupted build makes (the killed run's lock was taken over).
+    clean_dir = tmp_path / "clean-store"
+    uninterrupted = subprocess.run([*cmd[:cmd.index("--store") + 1], str(clean_dir), *cmd[cmd.index("--store") + 2:]],
+                                   env=env, capture_output=True, text=True, timeout=300)
+    assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
+
+    def hub_rows(root: Path) -> list[tuple]:
+        store = Store(str(root))
+        manifest = store.read_json("hubs/default/v0001/manifest.json")
+        return sorted((r["persona_id"], r["persona"], r["doc_id"]) for p in manifest["parts"]
+                      for r in store.read_parquet(p["file"]).to_pylist())
+
+    assert hub_rows(store_dir) == hub_rows(clean_dir) and len(hub_rows(store_dir)) == 12
+
 
 @pytest.mark.slow
 def test_same_flow_against_a_prefect_server(server, tmp_path):
