@@ -30,6 +30,7 @@ from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.crawl import CrawlParams, source_files_task as crawl_source_files
 from personahub.tasks.hub import publish
+from personahub.tasks.llm.budget import budget_spec, run_cost
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.templates import load_template
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona
@@ -50,6 +51,10 @@ class BuildHubParams(BaseModel):
 
     corpus: list[str] = Field(default_factory=lambda: [demo_corpus()], description="Files, directories or globs (any fsspec URL)")
     hub: str = Field("default", description="Hub name: versions go to hubs/<hub>/vNNNN")
+    budget_tokens: int | None = Field(None, ge=1, description="Stop the run once it has paid for this many tokens "
+                                      "(cached answers are free); rerun with a larger budget to continue")
+    budget_cost: float | None = Field(None, gt=0, description="Stop the run once its calls cost this many USD "
+                                      "(needs the model in settings.llm_prices)")
     fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
                         "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
@@ -84,7 +89,7 @@ class BuildHubParams(BaseModel):
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "fresh", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -111,6 +116,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         base = HubBase.of(publish.base_version_task(run_ctx, params.hub))
         filters = filter_options(params.filters)
         model = resolve_model(settings)
+        budget = budget_spec(params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
         reports: list[StageReport] = []
 
         # 1. crawl: input files → document shards, deduplicated across the crawl (the files are
@@ -123,7 +129,8 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         with LLMEndpoint(settings) as endpoint:
             # Every LLM shard in flight shares the endpoint's one concurrency bound (the gateway's). The
             # URL is asked for only when a shard runs: a rerun whose LLM stages are done starts no server.
-            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
+            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency,
+                                "budget": budget})
 
             # 2. Text-to-Persona: documents → personas (LLM), in shards of llm_shard_docs documents
             t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
@@ -166,6 +173,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             "model": model,
             "stages": [r.as_dict() for r in reports],
             "llm_this_run": usage_now,
+            "cost_usd": run_cost(settings.llm_prices, model, usage_now),
             "reused": reuse_summary(reports),
         }
         create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),

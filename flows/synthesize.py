@@ -33,6 +33,7 @@ from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
 from personahub.tasks.core.stage import Deferred, Stage, StageReport, StageResult, row_ranges
 from personahub.tasks.crawl import plan_sources_task
+from personahub.tasks.llm.budget import budget_spec, run_cost
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.llm.templates import PromptTemplate, load_template
@@ -90,6 +91,10 @@ class SynthesizeParams(BaseModel):
     diversity: DiversityParams = Field(default_factory=DiversityParams)
     shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
+    budget_tokens: int | None = Field(None, ge=1, description="Stop the run once it has paid for this many tokens "
+                                      "(cached answers are free); rerun with a larger budget to continue")
+    budget_cost: float | None = Field(None, gt=0, description="Stop the run once its calls cost this many USD "
+                                      "(needs the model in settings.llm_prices)")
     fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
                         "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
@@ -104,7 +109,7 @@ class SynthesizeParams(BaseModel):
 def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
     """A run id from what the items depend on, except n (raising n resumes the run) and where the
     run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "store", "llm_shard_parallelism", "shard_rows", "personas",
+    keys = params.model_dump(exclude={"run_id", "fresh", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "shard_rows", "personas",
                                       "hub", "hub_version", "llm_base_url",
                                       "embedding_base_url"})
     keys["selection"].pop("n")
@@ -162,6 +167,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
                              embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     model = resolve_model(settings)
+    budget = budget_spec(params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
     demos = demo_files.load_demos(case, params.demos) if params.mode != "zero-shot" else []
     if case.name == "math" and params.solve and params.min_agreement > len(params.solvers):
         raise SynthesisParamsError(f"min_agreement {params.min_agreement} exceeds the {len(params.solvers)} solvers")
@@ -192,7 +198,8 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         sampling = dict(template.params)
         sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
         with LLMEndpoint(settings) as endpoint:
-            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency})
+            llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency,
+                                "budget": budget})
 
             # 2. persona-enhanced mode: each demonstration's persona, inferred by Text-to-Persona
             demo_rows = [{"answer": d.answer, "persona": None} for d in demos]
@@ -289,6 +296,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
             "dataset_files": final.manifest.files(),
             "stages": [r.as_dict() for r in reports],
             "llm_this_run": usage_now,
+            "cost_usd": run_cost(settings.llm_prices, model, usage_now),
             "reused": reuse_summary(reports),
             "params": params.model_dump(exclude={"llm_base_url", "embedding_base_url", "store"}),
         }

@@ -41,6 +41,10 @@ RESUME_HINT = ("Nothing is lost: rerun the same command once the endpoint answer
                "answer already received are reused.")
 
 
+BUDGET_HINT = ("Stopped at the budget; nothing is lost: rerun the same command with a larger budget (or none) to "
+               "continue; finished shards and every answer already received are reused.")
+
+
 def _endpoint_failure(exc: BaseException | None) -> BaseException | None:
     """The dead endpoint, or the embedded server that could not start (its message says what to
     try), in exc's chain; None when exc is something else."""
@@ -85,7 +89,10 @@ def endpoint_errors(command: str) -> Iterator[None]:
         failure = _endpoint_failure(exc)
         if failure is None:
             raise
-        typer.echo(f"personahub {command}: {failure}\n{RESUME_HINT}", err=True)
+        from personahub.tasks.llm.budget import BudgetExhausted
+
+        hint = BUDGET_HINT if isinstance(failure, BudgetExhausted) else RESUME_HINT
+        typer.echo(f"personahub {command}: {failure}\n{hint}", err=True)
         if not os.environ.get("PREFECT_API_URL"):
             # Prefect's temporary server stops at exit; stopped while it records the failed runs
             # (a second or so after them), it prints a traceback of its own.
@@ -111,6 +118,8 @@ def build(
     max_new_per_hop: int = typer.Option(32, help="Personas expanded per hop at most (seeded sample)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
+    budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
+    budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
@@ -128,6 +137,7 @@ def build(
 
     fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
                               "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id, "fresh": fresh,
+                              "budget_tokens": budget_tokens, "budget_cost": budget_cost,
                               "embedding_base_url": embedding_base_url, "embedding_model": embedding_model}
     if language:
         fields["crawl"] = {"languages": language}
@@ -148,6 +158,8 @@ def build(
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache, "
                f"{skipped} finished stage(s) skipped; tokens paid: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
     typer.echo(_reused_line(summary["reused"]))
+    if _cost_line(summary):
+        typer.echo(_cost_line(summary))
     if u["calls"] == 0:
         typer.echo("Nothing was paid for: every LLM answer this build needs was already checkpointed or cached.")
     typer.echo(f"Hub {summary['hub']} {summary['version']}: {summary['personas']} personas at {summary['hub_path']}")
@@ -169,6 +181,11 @@ def run_locked(command: str) -> Iterator[None]:
     except RunLocked as exc:
         typer.echo(f"personahub {command}: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _cost_line(summary: dict[str, Any]) -> str:
+    cost = summary.get("cost_usd")
+    return "" if cost is None else f"Estimated cost of this run's calls: ${cost:.4f} (settings.llm_prices)"
 
 
 def _reused_line(reused: dict[str, int]) -> str:
@@ -201,6 +218,8 @@ def refresh(
     if summary["published"]:
         _print_stages(summary["stages"])
         typer.echo(_reused_line(summary["reused"]))
+    if _cost_line(summary):
+        typer.echo(_cost_line(summary))
     typer.echo(f"hub {hub}: {summary['new_files']} new of {summary['files']} files; {summary['message']}")
 
 
@@ -307,6 +326,8 @@ def synthesize(
     diversity: bool = typer.Option(True, help="Measure diversity (the paper's Figure 10) and plot it"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
+    budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
+    budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
     implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),
@@ -331,6 +352,7 @@ def synthesize(
     from personahub.tasks.synthesis.decontamination import Decontamination
     from personahub.tasks.synthesis.personas import PersonaSelection
     from personahub.tasks.synthesis.use_cases import SynthesisParamsError
+    from personahub.tasks.llm.budget import BudgetError
 
     variables = {}
     for item in var or []:
@@ -343,7 +365,7 @@ def synthesize(
             variables["world"] = fh.read().strip()
     params = SynthesizeParams(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
-        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id, fresh=fresh,
+        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id, fresh=fresh, budget_tokens=budget_tokens, budget_cost=budget_cost,
         embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
         turns=turns, assistant_model=assistant_model, solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
@@ -353,7 +375,7 @@ def synthesize(
     try:
         with endpoint_errors("synthesize"), run_locked("synthesize"):
             summary = synthesize_flow(params)
-    except (SynthesisParamsError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
+    except (SynthesisParamsError, BudgetError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
         typer.echo(f"personahub synthesize: {exc}", err=True)
         raise typer.Exit(2) from None
     _print_stages(summary["stages"])
@@ -361,6 +383,8 @@ def synthesize(
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache; tokens paid: "
                f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion")
     typer.echo(_reused_line(summary["reused"]))
+    if _cost_line(summary):
+        typer.echo(_cost_line(summary))
     typer.echo(f"{summary['items']} {summary['use_case']} items ({summary['mode']}) from {summary['personas']} personas "
                f"({summary['generated']} valid, {summary['quarantined']} quarantined), at {summary['dataset_path']}  "
                f"({time.monotonic() - started:.0f} s)")

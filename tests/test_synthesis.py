@@ -304,3 +304,46 @@ def test_hub_personas_are_read_from_the_latest_version(server, tmp_path: Path) -
                                           store=str(tmp_path / "store"), llm_base_url=server.base_url))
     assert summary["source"] == "hub:default/v0001" and summary["items"] == 3
     assert {r["persona_id"] for r in items_of(store, summary)} <= {r["persona_id"] for r in rows}
+
+
+def test_a_budget_stops_the_run_and_a_larger_one_finishes_it_as_an_unbounded_run(server, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from personahub.tasks.llm.budget import BudgetError, BudgetExhausted
+
+    personas = write_personas(tmp_path / "personas.parquet", 12)
+
+    def respond(body: dict) -> FakeReply:  # every call costs exactly 100 tokens
+        return FakeReply(content=json.dumps(GOOD["instructions"]), prompt_tokens=60, completion_tokens=40)
+
+    server.responder = respond
+    common = dict(use_case="instructions", mode="zero-shot", personas=[str(personas)], diversity=NO_DIVERSITY,
+                  llm_base_url=server.base_url, selection=PersonaSelection(n=12), shard_rows=2,
+                  llm_shard_parallelism=1)
+    unbounded = synthesize(SynthesizeParams(**common, store=str(tmp_path / "unbounded")))
+    assert server.calls == 12
+    server.reset(respond)
+
+    bounded = SynthesizeParams(**common, store=str(tmp_path / "store"), budget_tokens=450)
+    with pytest.raises(BudgetExhausted, match="450 tokens"):
+        synthesize(bounded)
+    stopped_at = server.calls
+    # Concurrency 8 per endpoint: the shard that crosses the limit finishes its calls in flight.
+    assert 5 <= stopped_at < 12
+    store = Store(str(tmp_path / "store"))
+    run_id = unbounded["run_id"]
+    done = store.list(f"runs/{run_id}/synthesize_instructions/_done")
+    assert 0 < len(done) < 6, "finished shards are kept, the rest is left to the resume"
+
+    resumed = synthesize(SynthesizeParams(**{**bounded.model_dump(), "budget_tokens": 10_000}))
+    assert server.calls == 12, "the resume pays only for what the stopped run had not received"
+    assert resumed["run_id"] == run_id
+    assert items_of(store, resumed) == items_of(Store(str(tmp_path / "unbounded")), unbounded)
+
+    with pytest.raises(BudgetError, match="price"):
+        synthesize(SynthesizeParams(**common, store=str(tmp_path / "store"), budget_cost=0.01))
+    monkeypatch.setenv("PERSONAHUB_LLM_PRICES", json.dumps({"fake-model": {"prompt": 1.0, "completion": 2.0}}))
+    server.reset(respond)
+    priced = synthesize(SynthesizeParams(**common, store=str(tmp_path / "priced"), budget_cost=1.0))
+    assert server.calls == 12 and priced["cost_usd"] == pytest.approx(12 * (60 * 1.0 + 40 * 2.0) / 1e6)
+    with pytest.raises(BudgetExhausted, match="cost budget"):
+        synthesize(SynthesizeParams(**common, store=str(tmp_path / "priced-bounded"), budget_cost=0.0005))

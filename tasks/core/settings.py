@@ -81,6 +81,9 @@ class Settings(BaseSettings):
         None, description="API key for embedding_base_url (falls back to the LLM key: llm_api_key, then OPENAI_API_KEY)"
     )
     embedding_model: str | None = Field(None, description="Embedding model name; unset = the embedded model's alias")
+    llm_prices: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Price table, USD per million tokens: {model: {prompt: …, completion: …}}; "
+        "gives runs a cost estimate and allows cost budgets")
     embedding_batch_size: int = Field(256, ge=1, le=2048, description="Texts per /v1/embeddings request")
     embedding_max_concurrency: int = Field(2, ge=1, description="Embedding requests in flight at once per worker")
 

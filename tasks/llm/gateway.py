@@ -45,6 +45,7 @@ from personahub.tasks.core.http import endpoint_label, retry_after_s
 from personahub.tasks.llm.cache import (
     CACHE_FORMAT, EMBEDDING_CACHE_FORMAT, FLUSH_EVERY, FLUSH_SECONDS, ResponseCache, cache_key, embedding_cache_key,
 )
+from personahub.tasks.llm.budget import RunBudget, budget_for
 from personahub.tasks.llm.concurrency import limit_for
 from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm.json_parsing import parse_json_lenient
@@ -230,6 +231,7 @@ class LLMGateway:
         max_consecutive_failures: int = 10,
         cache_flush_every: int = FLUSH_EVERY,
         cache_flush_seconds: float = FLUSH_SECONDS,
+        budget: RunBudget | None = None,
     ):
         if not base_url:
             raise ValueError("LLMGateway needs a base_url (…/v1)")
@@ -247,6 +249,7 @@ class LLMGateway:
                                    flush_seconds=cache_flush_seconds)
         self.usage = Usage()
         self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
+        self.budget = budget  # the run's token / cost limit, shared by its gateways (tasks/llm/budget.py)
         self.limit = limit_for(self.base_url, self.max_concurrency)
         # Kept private and out of repr(); only the SDK client sees it (as the Authorization header).
         self.__api_key = api_key or PLACEHOLDER_API_KEY
@@ -292,6 +295,7 @@ class LLMGateway:
             model=llm["model"],
             store=store,
             max_concurrency=llm["concurrency"],
+            budget=budget_for(llm.get("budget")),
             **_settings_options(settings, embeddings),
         )
 
@@ -474,6 +478,8 @@ class LLMGateway:
         """Ask the endpoint (bounded by the endpoint's shared limit, with retries) and cache the raw answer."""
         async with self.limit:
             self.breaker.check()
+            if self.budget is not None:
+                self.budget.check()  # raises BudgetExhausted, which stops the run like EndpointDown
             self._count(calls=1)
             try:
                 completion = await self._complete(state.client, model, req)
@@ -501,6 +507,8 @@ class LLMGateway:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self._count(prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"])
+        if self.budget is not None:
+            self.budget.charge(entry["prompt_tokens"], entry["completion_tokens"])
         if text is None:
             self._count(failures=1)
             return ChatResult(

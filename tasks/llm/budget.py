@@ -1,0 +1,108 @@
+"""A run's spending limit: tokens paid for, and their cost from a price table.
+
+Answers from the cache cost nothing and are never counted. Every gateway of one invocation in a
+process shares one RunBudget (by the invocation's key, as endpoints share one concurrency limit),
+charged after each paid call and checked before the next. Once spent, the next call raises
+BudgetExhausted, which stops the run like a dead endpoint: no retries, finished shards stay done,
+and every answer received is in the cache, so rerunning with a larger budget (or none) continues
+where it stopped and ends with what an unbounded run gives. Calls already in flight finish, so a
+run may pass its limit by up to the concurrency times one call's tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from personahub.tasks.llm.endpoint_breaker import EndpointDown
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be enforced (a cost limit without the model's price)."""
+
+
+class BudgetExhausted(EndpointDown):
+    """The run's token or cost budget is spent (handled like EndpointDown: the run stops, resumable)."""
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million tokens."""
+
+    prompt: float
+    completion: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
+
+
+def price_for(prices: Mapping[str, Mapping[str, float]], model: str) -> Price | None:
+    """The model's price from a table {model: {prompt, completion}} (per million tokens), or None."""
+    entry = prices.get(model)
+    return Price(float(entry["prompt"]), float(entry["completion"])) if entry else None
+
+
+class RunBudget:
+    def __init__(self, max_tokens: int | None, max_cost: float | None, price: Price | None):
+        if max_cost is not None and price is None:
+            raise ValueError("a cost budget needs the model's price (settings.llm_prices)")
+        self.max_tokens = max_tokens
+        self.max_cost = max_cost
+        self.price = price
+        self.tokens = 0
+        self.cost = 0.0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        """Raise BudgetExhausted when the budget is spent (before a paid call)."""
+        with self._lock:
+            if self.max_tokens is not None and self.tokens >= self.max_tokens:
+                raise BudgetExhausted(f"the run's token budget is spent: {self.tokens} of {self.max_tokens} tokens paid for")
+            if self.max_cost is not None and self.cost >= self.max_cost:
+                raise BudgetExhausted(f"the run's cost budget is spent: ${self.cost:.4f} of ${self.max_cost:.4f}")
+
+    def charge(self, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self.tokens += prompt_tokens + completion_tokens
+            if self.price is not None:
+                self.cost += self.price.cost(prompt_tokens, completion_tokens)
+
+
+def budget_spec(max_tokens: int | None, max_cost: float | None, prices: Mapping[str, Mapping[str, float]],
+                model: str) -> dict[str, Any] | None:
+    """What a flow hands its LLM tasks (with the endpoint) so their gateways share one budget; None
+    without a limit. A cost limit without the model's price is refused before any call."""
+    if max_tokens is None and max_cost is None:
+        return None
+    price = price_for(prices, model)
+    if max_cost is not None and price is None:
+        raise BudgetError(f"a cost budget needs the price of model {model!r}: add it to settings.llm_prices "
+                         "(PERSONAHUB_LLM_PRICES='{\"%s\": {\"prompt\": 0.15, \"completion\": 0.6}}', USD per million tokens)" % model)
+    return {"key": uuid.uuid4().hex, "max_tokens": max_tokens, "max_cost": max_cost,
+            "price": asdict(price) if price else None}
+
+
+def run_cost(prices: Mapping[str, Mapping[str, float]], model: str, usage: Mapping[str, int]) -> float | None:
+    """What a run's paid tokens cost by the price table; None when the model is not in it."""
+    price = price_for(prices, model)
+    if price is None:
+        return None
+    return round(price.cost(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))), 6)
+
+
+_BUDGETS: dict[str, RunBudget] = {}
+_LOCK = threading.Lock()
+
+
+def budget_for(spec: Mapping[str, Any] | None) -> RunBudget | None:
+    """The process's RunBudget for a flow's budget spec {key, max_tokens, max_cost, price}, or None."""
+    if not spec or (spec.get("max_tokens") is None and spec.get("max_cost") is None):
+        return None
+    with _LOCK:
+        budget = _BUDGETS.get(spec["key"])
+        if budget is None:
+            price = Price(**spec["price"]) if spec.get("price") else None
+            budget = _BUDGETS[spec["key"]] = RunBudget(spec.get("max_tokens"), spec.get("max_cost"), price)
+        return budget
