@@ -206,6 +206,54 @@ def test_concurrency_is_bounded_and_order_kept(server):
     assert 1 < server.max_in_flight <= 3
 
 
+def test_429s_lower_the_requests_in_flight_and_successes_raise_them_again(server):
+    """A server that takes 2 requests at a time and answers 429 to more: the gateway halves its
+    bound (8 → 4 → 2 ...), every request still succeeds, and once the server takes more, the
+    bound climbs back to its configured size."""
+    capacity = {"n": 2}
+
+    def responder(body):
+        if server.in_flight > capacity["n"]:  # this request included
+            return FakeReply.error(429, "slow down", retry_after=0.05)
+        return FakeReply(content=f"echo: {body['messages'][-1]['content']}", delay=0.05)
+
+    server.responder = responder
+    gw = gateway(server, max_concurrency=8, max_retries=20)
+    gw.limit.cooldown_s = 0.0  # every 429 burst counts here; the default spaces decreases 1 s apart
+    results = run(gw.chat_many([request(f"prompt {i}") for i in range(40)]))
+    assert all(r.ok for r in results) and gw.usage.retries > 0
+    assert gw.limit.lowest <= 2, "the 429s halved the bound down to what the server takes"
+
+    capacity["n"] = 100
+    for batch in range(6):  # each success run as long as the bound adds one slot, up to 8
+        assert all(r.ok for r in run(gw.chat_many([request(f"later {batch} {i}") for i in range(16)])))
+        if gw.limit.current == 8:
+            break
+    assert gw.limit.current == 8 and gw.limit.in_use == 0
+
+
+def test_the_adaptive_bound_is_additive_up_and_multiplicative_down() -> None:
+    from personahub.tasks.llm.concurrency import SharedLimit
+
+    limit = SharedLimit(8, cooldown_s=0.0)
+    limit.congested()
+    assert limit.current == 4
+    limit.congested()
+    limit.congested()
+    limit.congested()
+    assert limit.current == 1 == limit.lowest
+    steps = []
+    while limit.current < 8:
+        limit.succeeded()
+        steps.append(limit.current)
+    # one more slot after as many successes in a row as the bound allows: 1 + 2 + ... + 7 = 28
+    assert len(steps) == 28 and steps[-1] == 8
+    slow = SharedLimit(8, cooldown_s=3600.0)
+    slow.congested()
+    slow.congested()  # the same burst: no second decrease within the cooldown
+    assert slow.current == 4
+
+
 def test_one_failure_does_not_cancel_the_batch(server):
     def responder(body):
         if body["messages"][-1]["content"] == "bad":

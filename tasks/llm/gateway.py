@@ -367,6 +367,8 @@ class LLMGateway:
         def before_sleep(state: RetryCallState) -> None:
             self._count(usage, retries=1)
             exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, openai.RateLimitError):
+                self.limit.congested()  # fewer requests in flight until the 429s stop
             log.warning(
                 "LLM call failed (%s); retry %d/%d in %.1fs",
                 self._describe(exc) if exc else "?",
@@ -492,6 +494,7 @@ class LLMGateway:
                 log.warning("LLM call for %s failed: %s", req.template, error)
                 return ChatResult(key, None, None, None, error, model, None, 0, 0, False)
         self.breaker.succeeded()
+        self.limit.succeeded()
 
         choice = completion.choices[0] if completion.choices else None
         text = choice.message.content if choice is not None and choice.message is not None else None
