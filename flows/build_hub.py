@@ -14,13 +14,12 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.persona_graph import GraphParams, persona_graph_stages
-from personahub.flows.stage_runner import TASK_WORKERS, hold_run, reuse_summary, run
+from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
@@ -103,7 +102,7 @@ def filter_options(values: dict[str, Any]) -> dict[str, Any]:
     return PersonaFilterOptions.from_dict(dict(values)).as_dict()
 
 
-@flow(name="build-hub", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+@flow(name="build-hub", log_prints=True, task_runner=task_runner())
 def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     """Build (or resume) a hub version from the corpus in `params`."""
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,

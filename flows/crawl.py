@@ -12,10 +12,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.stage_runner import TASK_WORKERS, run, run_exact_dedup
+from personahub.flows.stage_runner import task_runner, run, run_exact_dedup
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks import crawl as crawl_stage
 from personahub.tasks.core.checkpoint import Manifest, params_hash
@@ -63,7 +62,7 @@ def crawl_stages(
     return docs.manifest, [read.report(), docs.report()]
 
 
-@flow(name="crawl", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+@flow(name="crawl", log_prints=True, task_runner=task_runner())
 def crawl(params: CrawlFlowParams) -> dict[str, Any]:
     """Crawl the sources into deduplicated document shards under runs/<run_id>/crawl_dedup/."""
     settings = load_settings(store=params.store)

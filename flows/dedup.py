@@ -12,11 +12,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
-from personahub.flows.stage_runner import TASK_WORKERS, run
+from personahub.flows.stage_runner import task_runner, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.personas import input_files as persona_input
 from personahub.tasks.crawl import plan_sources_task
@@ -48,7 +47,7 @@ def dedup_run_id(params: DedupFlowParams, shard_ids: list[str]) -> str:
                                    "hub": params.hub, "reuse_hub_index": params.reuse_hub_index})[:12]
 
 
-@flow(name="dedup", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+@flow(name="dedup", log_prints=True, task_runner=task_runner())
 def dedup(params: DedupFlowParams) -> dict[str, Any]:
     """Deduplicate persona files: MinHash (Jaccard), then embeddings (cosine); counts per stage."""
     settings = load_settings(store=params.store, embedding_base_url=params.embedding_base_url,

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.run_context import RunContext
@@ -23,6 +24,20 @@ from personahub.tasks.dedup import exact as dedup_exact
 # default: tasks/core/stage.py) plus LLM shards, which mostly wait on the endpoint and run a window of
 # llm_shard_parallelism. Past one machine, Dask sets it.
 TASK_WORKERS = 4
+
+
+def task_runner(dask_address: str | None = None) -> TaskRunner:
+    """Where a flow's shard tasks run: threads of the flow's process, or the dask.distributed
+    cluster at `dask_address` (else settings.dask_address) through prefect-dask. The tasks are the
+    same either way: they get a RunContext and open the store themselves."""
+    from personahub.tasks.core.settings import load_settings
+
+    address = dask_address or load_settings().dask_address
+    if address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=address)
+    return ThreadPoolTaskRunner(max_workers=TASK_WORKERS)
 
 
 @contextlib.contextmanager

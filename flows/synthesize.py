@@ -24,10 +24,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from personahub.flows.stage_runner import TASK_WORKERS, hold_run, reuse_summary, run
+from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
@@ -158,7 +157,7 @@ def persona_source(settings: Settings, params: SynthesizeParams) -> PersonaSourc
     return PersonaSource(f"hub:{params.hub}/{version}", hub_files=files, embedding_index=index)
 
 
-@flow(name="synthesize", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=TASK_WORKERS))
+@flow(name="synthesize", log_prints=True, task_runner=task_runner())
 def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     """Synthesize one use case's items from personas in one prompt mode; resumable, cached."""
     case = use_case(params.use_case)

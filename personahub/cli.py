@@ -120,6 +120,7 @@ def build(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
     budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
     budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
+    dask_address: Optional[str] = typer.Option(None, help="Run the shard tasks on this dask.distributed scheduler (tcp://host:8786) (default: settings.dask_address, else threads)"),
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
@@ -149,7 +150,7 @@ def build(
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
     with endpoint_errors("build"), run_locked("build"):
-        summary = build_hub(params)
+        summary = on_runner(build_hub, dask_address)(params)
     elapsed = time.monotonic() - started
 
     _print_stages(summary["stages"])
@@ -181,6 +182,15 @@ def run_locked(command: str) -> Iterator[None]:
     except RunLocked as exc:
         typer.echo(f"personahub {command}: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def on_runner(flow: Any, dask_address: str | None) -> Any:
+    """The flow, on a Dask cluster when --dask-address names one (else as configured)."""
+    if not dask_address:
+        return flow
+    from personahub.flows.stage_runner import task_runner
+
+    return flow.with_options(task_runner=task_runner(dask_address))
 
 
 def _cost_line(summary: dict[str, Any]) -> str:
@@ -328,6 +338,7 @@ def synthesize(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
     budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
     budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
+    dask_address: Optional[str] = typer.Option(None, help="Run the shard tasks on this dask.distributed scheduler (tcp://host:8786) (default: settings.dask_address, else threads)"),
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
     implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),
@@ -374,7 +385,7 @@ def synthesize(
     started = time.monotonic()
     try:
         with endpoint_errors("synthesize"), run_locked("synthesize"):
-            summary = synthesize_flow(params)
+            summary = on_runner(synthesize_flow, dask_address)(params)
     except (SynthesisParamsError, BudgetError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
         typer.echo(f"personahub synthesize: {exc}", err=True)
         raise typer.Exit(2) from None

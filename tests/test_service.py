@@ -136,3 +136,37 @@ def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server
     assert report["validity"]["asked"] == 5 and report["validity"]["valid"] == 5
     rows = [r for f in report["dataset_files"] for r in store.read_parquet(f).to_pylist()]
     assert len(rows) == 5 and all(json.loads(r["output"])["prompt"] == r["text"] for r in rows)
+
+
+def test_a_build_on_a_dask_cluster_equals_a_local_build(prefect_server, server, tmp_path: Path, monkeypatch) -> None:
+    """The same flow with its shard tasks on a LocalCluster of 2 worker processes (prefect-dask),
+    recorded on the Prefect server, publishes the hub a threads-only run publishes."""
+    from distributed import LocalCluster
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from personahub.flows.build_hub import BuildHubParams, build_hub
+    from personahub.flows.stage_runner import task_runner
+    from test_build_hub import ONE_HOP0, write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", 8)
+    common = dict(corpus=[str(corpus)], llm_base_url=server.base_url, embedding_base_url=server.base_url,
+                  rows_per_bucket=2, llm_shard_docs=2, crawl_shard_bytes=300, **ONE_HOP0)
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server["PREFECT_API_URL"])  # the workers' processes inherit it
+    with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+        local = build_hub(BuildHubParams(**common, store=str(tmp_path / "local")))
+        with LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+            on_dask = build_hub.with_options(task_runner=task_runner(cluster.scheduler_address))
+            distributed = on_dask(BuildHubParams(**common, store=str(tmp_path / "dask")))
+            workers = list(cluster.workers)
+    assert len(workers) == 2
+    assert local["personas"] == distributed["personas"] == 8
+    assert [s["counts"] for s in local["stages"]] == [s["counts"] for s in distributed["stages"]]
+    assert max(s["shards"] for s in distributed["stages"]) > 1, "several shards, spread over the workers"
+
+    def hub_rows(root: Path) -> list[tuple]:
+        store = Store(str(root))
+        manifest = store.read_json("hubs/default/v0001/manifest.json")
+        return sorted((r["persona_id"], r["persona"], r["doc_id"], r["hop"]) for p in manifest["parts"]
+                      for r in store.read_parquet(p["file"]).to_pylist())
+
+    assert hub_rows(tmp_path / "local") == hub_rows(tmp_path / "dask")

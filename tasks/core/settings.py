@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(256, ge=1, le=2048, description="Texts per /v1/embeddings request")
     embedding_max_concurrency: int = Field(2, ge=1, description="Embedding requests in flight at once per worker")
 
+    # Where shard tasks run past one machine (a dask.distributed scheduler, tcp://host:8786); unset = threads.
+    dask_address: str | None = Field(None, description="dask.distributed scheduler address for the flows' shard tasks "
+                                     "(prefect-dask); unset = threads of the flow's process")
+
     # Embedded model server (used only when llm_base_url is unset).
     embedded_parallel: int = Field(8, ge=1, le=64, description="llama-server slots (-np), continuous batching")
     embedded_threads: int = Field(0, ge=0, description="llama-server threads; 0 = all cores")
@@ -97,7 +101,7 @@ class Settings(BaseSettings):
     # Where ../shared/data style fixtures live, for tests and benchmarks only.
     shared_data: Path = Field(Path("../shared/data"), description="Third-party data for tests/benchmarks")
 
-    @field_validator("llm_base_url", "s3_endpoint_url", "llm_model", "embedding_base_url", "embedding_model",
+    @field_validator("llm_base_url", "s3_endpoint_url", "llm_model", "embedding_base_url", "embedding_model", "dask_address",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
