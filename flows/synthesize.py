@@ -32,7 +32,8 @@ from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import Settings, load_settings
 from personahub.tasks.core.stage import Deferred, Stage, StageReport, StageResult, row_ranges
 from personahub.tasks.crawl import plan_sources_task
-from personahub.tasks.llm.budget import budget_spec, run_cost
+from personahub.tasks.llm import estimate
+from personahub.tasks.llm.budget import budget_spec, price_for, run_cost
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.llm.templates import PromptTemplate, load_template
@@ -94,6 +95,8 @@ class SynthesizeParams(BaseModel):
                                       "(cached answers are free); rerun with a larger budget to continue")
     budget_cost: float | None = Field(None, gt=0, description="Stop the run once its calls cost this many USD "
                                       "(needs the model in settings.llm_prices)")
+    dry_run: bool = Field(False, description="Estimate the run's calls and tokens (from the selection and the "
+                          "cache) and stop before any LLM call")
     fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
                         "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
@@ -108,7 +111,7 @@ class SynthesizeParams(BaseModel):
 def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
     """A run id from what the items depend on, except n (raising n resumes the run) and where the
     run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "shard_rows", "personas",
+    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "shard_rows", "personas",
                                       "hub", "hub_version", "llm_base_url",
                                       "embedding_base_url"})
     keys["selection"].pop("n")
@@ -196,6 +199,9 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
 
         sampling = dict(template.params)
         sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
+        if params.dry_run:  # what the run would call, from the selection and the cache; nothing is asked
+            return synthesis_estimate(run_ctx, params, case.name, template, sampling, model, variables, demos,
+                                      selected.manifest.files())
         with LLMEndpoint(settings) as endpoint:
             llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency,
                                 "budget": budget})
@@ -306,6 +312,50 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         create_markdown_artifact(key=f"synthesize-{case.name}-report", markdown=quality_report.markdown(report),
                                  description="synthesis quality report: validity, verification, decontamination, spread")
         return summary
+
+
+def synthesis_estimate(run_ctx: RunContext, params: SynthesizeParams, case: str, template: Any,
+                       sampling: dict[str, Any], model: str, variables: dict[str, str], demos: list[Any],
+                       selected_files: list[str]) -> dict[str, Any]:
+    """--dry-run: the synthesis stage's calls exactly (its requests built and looked up in the
+    cache), the later stages' as upper bounds (every item valid)."""
+    store = run_ctx.store
+    estimates: list[estimate.StageEstimate] = []
+    if params.mode == "persona-enhanced":  # the demonstrations' personas are not known yet
+        t2p = load_template("text_to_persona", TextToPersona.default_mode)
+        estimates.append(estimate.bound("demo_text_to_persona", len(demos), int(t2p.params.get("max_tokens") or 0)))
+    stage = Synthesize({**llm_stage_params(template, sampling, model, {}), "use_case": case, "variables": variables,
+                        "demos": [{"answer": d.answer, "persona": None} for d in demos]})
+    rows = [row for f in selected_files for row in store.read_parquet(f, columns=Synthesize.columns).to_pylist()]
+    estimates.append(estimate.estimate_requests(f"synthesize_{case}", store, model,
+                                                (r for row in rows for r in stage.requests(row)),
+                                                exact=params.mode != "persona-enhanced"))
+    items = len(rows)
+
+    def per_item(name: str, task: str, mode: str, calls: int) -> None:
+        estimates.append(estimate.bound(name, items * calls, int(load_template(task, mode).params.get("max_tokens") or 0)))
+
+    if case == "instructions" and params.turns:
+        per_item("conversation_assistant", "conversation", "assistant", params.turns)
+        if params.turns > 1:
+            per_item("conversation_user", "conversation", "user", params.turns - 1)
+    if case == "math" and params.solve:
+        for kind in sorted({s.kind for s in params.solvers}):
+            per_item(f"solve_math ({kind})", "math_solution", kind, sum(s.kind == kind for s in params.solvers))
+    if case == "tools" and params.implement:
+        per_item("implement_tools", "tool_implementation", "zero-shot", 1)
+    if params.judge:
+        per_item("judge", "judge", "zero-shot", 1)
+    if params.diversity.enabled:
+        pairs = len(params.diversity.targets) * params.diversity.pairs * 2
+        estimates.append(estimate.bound("diversity", pairs, int(sampling.get("max_tokens") or 0)))
+    total = estimate.totals(estimates)
+    price = price_for(load_settings(store=params.store).llm_prices, model)
+    return {"dry_run": True, "run_id": run_ctx.run_id, "use_case": case, "mode": template.mode, "model": model,
+            "personas": items, "estimates": [e.as_dict() for e in estimates], "total": total,
+            # known prompt tokens + every completion at max_tokens (later stages' prompts are not known yet)
+            "cost_usd_max": None if price is None else
+            round(price.cost(total["prompt_tokens_known"], total["completion_tokens_max"]), 6)}
 
 
 def reference_fingerprint(references: list[str]) -> list[str]:

@@ -193,6 +193,22 @@ def on_runner(flow: Any, dask_address: str | None) -> Any:
     return flow.with_options(task_runner=task_runner(dask_address))
 
 
+def _print_estimate(summary: dict[str, Any]) -> None:
+    typer.echo(f"Dry run of {summary['run_id']} ({summary['use_case']}, {summary['mode']}, {summary['model']}, "
+               f"{summary['personas']} personas): no LLM call made")
+    typer.echo(f"  {'stage':34} {'new calls':>10} {'cached':>7} {'prompt tok':>11} {'completion tok ≤':>17}")
+    for e in summary["estimates"]:
+        calls = f"{'' if e['exact'] else '≤'}{e['calls']}"
+        prompt = "?" if e["prompt_tokens"] is None else f"~{e['prompt_tokens']}"
+        typer.echo(f"  {e['stage']:34} {calls:>10} {e['cached']:>7} {prompt:>11} {e['completion_tokens_max']:>17}")
+    t = summary["total"]
+    typer.echo(f"  {'total':34} {('' if t['exact'] else '≤') + str(t['calls_at_most']):>10} {t['cached']:>7} "
+               f"{'~' + str(t['prompt_tokens_known']):>11} {t['completion_tokens_max']:>17}")
+    if summary.get("cost_usd_max") is not None:
+        typer.echo(f"  cost at most about ${summary['cost_usd_max']:.4f} (known prompts, every completion at max_tokens)")
+    typer.echo("  (≤: an upper bound, every item valid; ?: prompts built from answers not written yet)")
+
+
 def _cost_line(summary: dict[str, Any]) -> str:
     cost = summary.get("cost_usd")
     return "" if cost is None else f"Estimated cost of this run's calls: ${cost:.4f} (settings.llm_prices)"
@@ -376,7 +392,7 @@ def synthesize(
             variables["world"] = fh.read().strip()
     params = SynthesizeParams(
         use_case=use_case, mode=mode, hub=hub, hub_version=version, personas=personas or [], variables=variables,
-        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id, fresh=fresh, budget_tokens=budget_tokens, budget_cost=budget_cost,
+        demos=demos, store=store, llm_base_url=llm_base_url, llm_model=llm_model, run_id=run_id, fresh=fresh, dry_run=dry_run, budget_tokens=budget_tokens, budget_cost=budget_cost,
         embedding_base_url=embedding_base_url, diversity={"enabled": diversity},
         turns=turns, assistant_model=assistant_model, solve=solve, min_agreement=min_agreement, implement=implement, judge=judge, min_judge_score=min_judge_score,
         decontamination=Decontamination(references=reference or [], n=ngram, drop=not keep_contaminated),
@@ -389,6 +405,9 @@ def synthesize(
     except (SynthesisParamsError, BudgetError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
         typer.echo(f"personahub synthesize: {exc}", err=True)
         raise typer.Exit(2) from None
+    if summary.get("dry_run"):
+        _print_estimate(summary)
+        return
     _print_stages(summary["stages"])
     u = summary["llm_this_run"]
     typer.echo(f"LLM calls this run: {u['calls']} new, {u['cache_hits']} answered from cache; tokens paid: "

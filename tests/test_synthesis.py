@@ -347,3 +347,31 @@ def test_a_budget_stops_the_run_and_a_larger_one_finishes_it_as_an_unbounded_run
     assert server.calls == 12 and priced["cost_usd"] == pytest.approx(12 * (60 * 1.0 + 40 * 2.0) / 1e6)
     with pytest.raises(BudgetExhausted, match="cost budget"):
         synthesize(SynthesizeParams(**common, store=str(tmp_path / "priced-bounded"), budget_cost=0.0005))
+
+
+def test_a_dry_run_estimates_the_calls_from_the_cache_and_makes_none(server, tmp_path: Path) -> None:
+    personas = write_personas(tmp_path / "personas.parquet", 10)
+    server.responder = responder_for("math", set())
+    common = dict(use_case="math", mode="zero-shot", personas=[str(personas)], store=str(tmp_path / "store"),
+                  llm_base_url=server.base_url, diversity=NO_DIVERSITY)
+    first = synthesize(SynthesizeParams(**common, solve=False, selection=PersonaSelection(n=4)))
+    asked = [r for r in server.requests if "messages" in r]
+    assert server.calls == 4 and len(asked) == 4
+    server.requests.clear()
+
+    dry = synthesize(SynthesizeParams(**common, selection=PersonaSelection(n=10), dry_run=True))
+    assert server.calls == 4, "a dry run asks nothing"
+    assert dry["dry_run"] and dry["personas"] == 10  # (another run id: it solves; the cache is the store's)
+    assert first["items"] == 4
+    gen, *solvers = dry["estimates"]
+    assert (gen["stage"], gen["calls"], gen["cached"], gen["exact"]) == ("synthesize_math", 6, 4, True)
+    # Prompt tokens from the requests the real run sends for the same 6 personas, characters / 4.
+    synthesize(SynthesizeParams(**common, solve=False, selection=PersonaSelection(n=10)))
+    sent = [r for r in server.requests if "messages" in r]
+    assert len(sent) == 6
+    assert gen["prompt_tokens"] == sum(len(m["content"]) for r in sent for m in r["messages"]) // 4
+    assert gen["completion_tokens_max"] == 6 * sent[0]["max_tokens"]
+    # The three solvers, per item at most: two chain-of-thought and one program-of-thought.
+    assert {e["stage"]: e["calls"] for e in solvers} == {"solve_math (chain-of-thought)": 20,
+                                                         "solve_math (program-of-thought)": 10}
+    assert not any(e["exact"] for e in solvers) and dry["total"]["exact"] is False
