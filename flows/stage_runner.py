@@ -14,6 +14,7 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from personahub.tasks.core import progress
 from personahub.tasks.core.checkpoint import Manifest
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.run_lock import RunLock
@@ -80,6 +81,7 @@ def run(run_ctx: RunContext, stage: Stage[Any]) -> StageResult:
     manifest = checkpoint.complete_manifest()
     if manifest is not None and {s.id for s in manifest.shards} == set(stage.inputs):
         logger.info("%s: complete, skipped (%s)", stage.name, checkpoint.store.uri(checkpoint.prefix))
+        progress.stage_finished(progress.stage_started(stage.name, len(stage.inputs), len(stage.inputs)))
         return StageResult(manifest, (), True)
     done = checkpoint.done_shards()
     todo = [sid for sid in stage.inputs if sid not in done]
@@ -90,6 +92,8 @@ def run(run_ctx: RunContext, stage: Stage[Any]) -> StageResult:
     in_flight = 0
     failure: BaseException | None = None
     shared = stage.shared_values() if todo else {}
+    watched = progress.stage_started(stage.name, len(stage.inputs), len(stage.inputs) - len(todo))
+    artifact = _progress_artifact(stage.name, watched)
 
     def submit_next() -> bool:
         sid = next(waiting, None)
@@ -108,11 +112,43 @@ def run(run_ctx: RunContext, stage: Stage[Any]) -> StageResult:
             future.result()
         except BaseException as exc:  # noqa: BLE001 - the shards in flight finish (and stay done) first
             failure = failure or exc
+        else:
+            progress.shard_finished(watched)
+            _update_artifact(artifact, watched)
         if failure is None and submit_next():
             in_flight += 1
+    progress.stage_finished(watched)
     if failure is not None:
         raise failure
     return StageResult(checkpoint.finalize(expected_shards=stage.inputs.keys()), tuple(todo), False)
+
+
+def _progress_artifact(name: str, watched: progress.StageProgress) -> Any:
+    """A Prefect progress artifact per stage run (the UI's bar); None where it cannot be made."""
+    if watched.shards < 2:  # one shard: done or not, a bar says nothing the task state does not
+        return None
+    try:
+        from prefect.artifacts import create_progress_artifact
+
+        return create_progress_artifact(100.0 * watched.shards_done / watched.shards, key=_artifact_key(name),
+                                        description=f"{name}: shards done of {watched.shards}")
+    except Exception:  # noqa: BLE001 - progress is for watching; a run never fails on it
+        return None
+
+
+def _update_artifact(artifact: Any, watched: progress.StageProgress) -> None:
+    if artifact is None:
+        return
+    try:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact, 100.0 * watched.shards_done / watched.shards)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _artifact_key(name: str) -> str:
+    return "progress-" + "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
 def run_exact_dedup(

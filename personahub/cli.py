@@ -149,7 +149,7 @@ def build(
     fields["graph"] = {"hops": hops, "k": k, "max_new_per_hop": max_new_per_hop}
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
-    with endpoint_errors("build"), run_locked("build"):
+    with endpoint_errors("build"), run_locked("build"), live_progress():
         summary = on_runner(build_hub, dask_address)(params)
     elapsed = time.monotonic() - started
 
@@ -182,6 +182,60 @@ def run_locked(command: str) -> Iterator[None]:
     except RunLocked as exc:
         typer.echo(f"personahub {command}: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def live_progress(enabled: bool | None = None, console: Any = None) -> Iterator[None]:
+    """A rich bar per stage (shards, LLM calls, calls/s, cache hits, tokens, ETA) while a flow runs,
+    in place of Prefect's INFO lines (warnings still print); on when stdout is a terminal."""
+    import sys
+
+    if enabled is None:
+        enabled = sys.stdout.isatty() and os.environ.get("PERSONAHUB_PROGRESS", "1") != "0"
+    if not enabled:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    from personahub.tasks.core import progress as stages
+
+    class LLMColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            watched = task.fields["watched"]
+            now = task.fields.get("final") or stages.llm_counters()
+            start = watched.llm_at_start
+            calls, hits, tokens = now.calls - start.calls, now.cache_hits - start.cache_hits, now.tokens - start.tokens
+            if not (calls or hits):
+                return Text("")
+            elapsed = max(1e-6, (task.fields.get("ended") or time.monotonic()) - watched.started)
+            return Text(f"{calls} calls ({calls / elapsed:.1f}/s), {hits} cached, {tokens} tokens")
+
+    bars = Progress(TextColumn("{task.description:<28}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                    TextColumn("shards"), LLMColumn(), TimeRemainingColumn(), console=console)
+    ids: dict[int, Any] = {}
+
+    def on_event(watched: Any) -> None:
+        key = id(watched)
+        if key not in ids:
+            ids[key] = bars.add_task(watched.stage, total=watched.shards, completed=watched.shards_done, watched=watched)
+        fields = {"final": stages.llm_counters(), "ended": time.monotonic()} if watched.finished else {}
+        bars.update(ids[key], completed=watched.shards_done, **fields)
+
+    prefect_consoles = [h for name in list(logging.root.manager.loggerDict) if name.startswith("prefect")
+                        for h in logging.getLogger(name).handlers
+                        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    levels = [(h, h.level) for h in prefect_consoles]
+    for handler, _ in levels:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    stop = stages.watch(on_event)
+    try:
+        with bars:
+            yield
+    finally:
+        stop()
+        for handler, level in levels:
+            handler.setLevel(level)
 
 
 def on_runner(flow: Any, dask_address: str | None) -> Any:
@@ -239,7 +293,7 @@ def refresh(
                               "embedding_base_url": embedding_base_url, "corpus": corpus or None,
                               "graph": {"hops": hops}}
     params = RefreshParams(**{k: v for k, v in fields.items() if v is not None})
-    with endpoint_errors("refresh"), run_locked("refresh"):
+    with endpoint_errors("refresh"), run_locked("refresh"), live_progress():
         summary = nightly_refresh(params)
     if summary["published"]:
         _print_stages(summary["stages"])
@@ -366,6 +420,7 @@ def synthesize(
                                                   "JSONL/Parquet, FILE or FILE#field (repeatable)"),
     ngram: int = typer.Option(13, help="Decontamination: words per n-gram"),
     keep_contaminated: bool = typer.Option(False, help="Decontamination: keep contaminated items, flagged, instead of dropping them"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the run's estimated calls and tokens and stop before any LLM call"),
     show: int = typer.Option(3, help="Items to print at the end"),
 ) -> None:
     """Synthesize one use case's items from a hub's personas (or persona files) in one prompt mode.
@@ -400,7 +455,7 @@ def synthesize(
                                    query=query, query_k=query_k))
     started = time.monotonic()
     try:
-        with endpoint_errors("synthesize"), run_locked("synthesize"):
+        with endpoint_errors("synthesize"), run_locked("synthesize"), live_progress(False if dry_run else None):
             summary = on_runner(synthesize_flow, dask_address)(params)
     except (SynthesisParamsError, BudgetError, FileNotFoundError) as exc:  # what the user asked for cannot run: say why
         typer.echo(f"personahub synthesize: {exc}", err=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -260,6 +261,12 @@ def test_cli_synthesize(server, tmp_path: Path) -> None:
                                       "--embedding-base-url", server.base_url])
     assert result.exit_code == 0, result.output
     assert "5 logic items (zero-shot) from 5 personas (5 valid, 0 quarantined)" in result.output
+    calls = server.calls
+    dry = CliRunner().invoke(app, ["synthesize", "--use-case", "logic", "--mode", "zero-shot", "--n", "7",
+                                   "--var", "variant=spatial", "--personas", str(personas), "--dry-run",
+                                   "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
+    assert dry.exit_code == 0 and server.calls == calls, dry.output
+    assert "no LLM call made" in dry.output and re.search(r"synthesize_logic\s+0\s+5\s", dry.output), dry.output
     assert "positions, directions" in server.requests[0]["messages"][0]["content"], "the spatial variant's instruction"
     run_id = next(line.split("personahub report ")[1].split(";")[0] for line in result.output.splitlines()
                   if "personahub report " in line)

@@ -51,6 +51,7 @@ from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, 
 from personahub.tasks.llm.json_parsing import parse_json_lenient
 from personahub.tasks.llm.requests import ChatRequest, ChatResult, EmbeddingResult, LLMError, Usage
 from personahub.tasks.llm.secrets import PLACEHOLDER_API_KEY, scrub
+from personahub.tasks.core import progress
 from personahub.tasks.core.store import Store
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,8 @@ class LLMGateway:
             for target in (self.usage, _also) if _also is not None else (self.usage,):
                 for name, delta in deltas.items():
                     setattr(target, name, getattr(target, name) + delta)
+        progress.count_llm(calls=deltas.get("calls", 0), cache_hits=deltas.get("cache_hits", 0),
+                           tokens=deltas.get("prompt_tokens", 0) + deltas.get("completion_tokens", 0))
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of other, finished loops are simply dropped)."""
