@@ -170,3 +170,60 @@ def test_a_build_on_a_dask_cluster_equals_a_local_build(prefect_server, server, 
                       for r in store.read_parquet(p["file"]).to_pylist())
 
     assert hub_rows(tmp_path / "local") == hub_rows(tmp_path / "dask")
+
+
+def test_a_failed_deployment_run_retried_with_prefect_resumes(prefect_server, server, tmp_path: Path) -> None:
+    """A synthesis stopped by its budget (FAILED), then `prefect flow-run retry` (the UI's Retry):
+    the retry reuses the finished shards and cached answers and ends with every item, each call
+    paid once."""
+    import re
+
+    env = prefect_server
+    deployed = subprocess.run([PERSONAHUB, "deploy"], env=env, capture_output=True, text=True, timeout=300)
+    assert deployed.returncode == 0, deployed.stderr
+    deployment = next(line.split()[1] for line in deployed.stdout.splitlines() if line.startswith("synthesize:"))
+    personas = write_personas(tmp_path / "personas.parquet", 12)
+
+    def respond(body: dict):
+        from fake_openai import FakeReply
+        from test_synthesis import GOOD
+
+        return FakeReply(content=json.dumps(GOOD["instructions"]), prompt_tokens=60, completion_tokens=40)
+
+    server.responder = respond
+    store = tmp_path / "store"
+    # 100 tokens a call: the first invocation stops after 7 or 8 calls, the retry's 650 cover the rest.
+    params = {"use_case": "instructions", "mode": "zero-shot", "personas": [str(personas)], "store": str(store),
+              "llm_base_url": server.base_url, "diversity": {"enabled": False}, "selection": {"n": 12},
+              "shard_rows": 2, "llm_shard_parallelism": 1, "budget_tokens": 650}
+    run = post(env, f"/deployments/{deployment}/create_flow_run", {"parameters": {"params": params}}).json()
+
+    def state_of(run_id: str) -> dict:
+        return httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=30).json()["state"]
+
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen([PERSONAHUB, "worker", "--pool", "personahub"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        first = wait_for(lambda: (s := state_of(run["id"]))["type"] in ("COMPLETED", "FAILED", "CRASHED") and s,
+                         "the budget-stopped run", 600, every=2)
+        assert first["type"] == "FAILED", first
+        stopped_at = server.calls
+        assert 7 <= stopped_at < 12
+        retried = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", run["id"]], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+
+        def finished():
+            s = state_of(run["id"])
+            return s if s["type"] in ("COMPLETED", "FAILED", "CRASHED") and s["id"] != first["id"] else None
+
+        second = wait_for(finished, "the retried run", 600, every=2)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+        log.close()
+    assert second["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    assert server.calls == 12, "each call paid once across the failed run and its retry"
+    report = Store(str(store)).read_json(f"runs/{Store(str(store)).subdirs('runs')[0]}/report.json")
+    assert report["validity"]["valid"] == 12 and report["counts"]["items"] == 12
+    assert re.fullmatch(r"syn-instructions-\w+", Store(str(store)).subdirs("runs")[0])
