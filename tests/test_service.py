@@ -74,6 +74,31 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
         log.close()
 
 
+def start_worker(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:
+    """`personahub worker` in a session of its own, so stopping it stops its flow-run processes too."""
+    log = open(log_path, "w")
+    return subprocess.Popen([PERSONAHUB, "worker", "--pool", "personahub"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True), log
+
+
+def stop_worker(worker: subprocess.Popen, log) -> None:
+    """SIGTERM, then SIGKILL if a loaded machine keeps it waiting: a worker left behind would take
+    the next test's runs."""
+    import signal
+
+    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(worker.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            worker.wait(grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    log.close()
+
+
 def post(env: dict[str, str], path: str, body: dict) -> httpx.Response:
     response = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=30)
     response.raise_for_status()
@@ -113,9 +138,7 @@ def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server
 
     worker_env = {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                   "PERSONAHUB_S3_ENDPOINT_URL": s3_server}
-    log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([PERSONAHUB, "worker", "--pool", "personahub"], env=worker_env, stdout=log,
-                              stderr=subprocess.STDOUT)
+    worker, log = start_worker(worker_env, tmp_path / "worker.log")
     try:
         def finished():
             state = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run['id']}", timeout=30).json()["state"]
@@ -123,9 +146,7 @@ def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server
 
         state = wait_for(finished, "the worker to run the synthesis", 600, every=2)
     finally:
-        worker.terminate()
-        worker.wait(60)
-        log.close()
+        stop_worker(worker, log)
     assert state["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert server.calls == 5
 
@@ -201,8 +222,7 @@ def test_a_failed_deployment_run_retried_with_prefect_resumes(prefect_server, se
     def state_of(run_id: str) -> dict:
         return httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=30).json()["state"]
 
-    log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([PERSONAHUB, "worker", "--pool", "personahub"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker, log = start_worker(env, tmp_path / "worker.log")
     try:
         first = wait_for(lambda: (s := state_of(run["id"]))["type"] in ("COMPLETED", "FAILED", "CRASHED") and s,
                          "the budget-stopped run", 600, every=2)
@@ -219,9 +239,7 @@ def test_a_failed_deployment_run_retried_with_prefect_resumes(prefect_server, se
 
         second = wait_for(finished, "the retried run", 600, every=2)
     finally:
-        worker.terminate()
-        worker.wait(60)
-        log.close()
+        stop_worker(worker, log)
     assert second["type"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
     assert server.calls == 12, "each call paid once across the failed run and its retry"
     report = Store(str(store)).read_json(f"runs/{Store(str(store)).subdirs('runs')[0]}/report.json")
