@@ -1,4 +1,5 @@
-"""personahub as a service, the way a user runs it: a Prefect server (its own process, SQLite), the
+"""personahub as a service, the way a user runs it: a Prefect server (its own process, on PostgreSQL
+from Debian's package where it is installed, on SQLite otherwise), the
 deployments registered with `personahub deploy`, the nightly schedule's runs, an on-demand
 synthesis triggered through the REST API with parameters, run by `personahub worker`, its results
 read from S3 (moto). docker-compose.yml's topology, with processes instead of containers."""
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,13 +48,68 @@ def wait_for(check, what: str, deadline_s: float = 300.0, every: float = 1.0):
         time.sleep(every)
 
 
+def postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's initdb and pg_ctl: on PATH, else Debian's /usr/lib/postgresql/N/bin."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free port with its own PREFECT_HOME; yields the clients' environment."""
+def prefect_database() -> Iterator[str | None]:
+    """A PostgreSQL cluster of its own (initdb, pg_ctl) for the Prefect server, as docker-compose.yml
+    runs it; None (the server's SQLite) where PostgreSQL is not installed. Yields the database URL."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        yield None
+        return
+    # initdb refuses to run as root: as root, the cluster belongs to Debian's postgres user, in a
+    # directory that user can reach (pytest's tmp dirs are private to root).
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="personahub-pg-"))
+    if as_user:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    data = root / "data"
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "postgres.log"), "-w", "-t", "120",
+                    "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True, timeout=180)
+    try:
+        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def postgres_count(url: str, sql: str, *args: object) -> int:
+    """One count straight from the server's database (asyncpg), not through Prefect's API."""
+    import asyncio
+
+    import asyncpg
+
+    async def query() -> int:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await conn.fetchval(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory, prefect_database) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free port with its own PREFECT_HOME (on PostgreSQL where it is
+    installed); yields the clients' environment."""
     home = tmp_path_factory.mktemp("prefect-server") / "home"
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "false",
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    if prefect_database:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = prefect_database
     log = open(home.parent / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -105,7 +163,8 @@ def post(env: dict[str, str], path: str, body: dict) -> httpx.Response:
     return response
 
 
-def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server, s3_server, tmp_path: Path) -> None:
+def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, prefect_database, server, s3_server,
+                                                          tmp_path: Path) -> None:
     env = prefect_server
     deployed = subprocess.run([PERSONAHUB, "deploy", "--timezone", "Europe/Berlin"], env=env, capture_output=True,
                               text=True, timeout=300)
@@ -123,6 +182,9 @@ def test_deploy_schedule_trigger_and_a_worker_run_from_s3(prefect_server, server
     for run in scheduled:  # each at 02:00 Berlin time, whatever the UTC offset of its date
         start = datetime.fromisoformat(run["expected_start_time"].replace("Z", "+00:00")).astimezone(ZoneInfo("Europe/Berlin"))
         assert (start.hour, start.minute) == (2, 0), run["expected_start_time"]
+    if prefect_database:  # the runs are rows of the PostgreSQL database, not of a SQLite file
+        assert postgres_count(prefect_database, "SELECT count(*) FROM flow_run WHERE deployment_id = $1",
+                              uuid.UUID(ids["nightly-refresh"])) >= len(scheduled)
 
     form = httpx.get(f"{env['PREFECT_API_URL']}/deployments/{ids['synthesize']}", timeout=30).json()["parameter_openapi_schema"]
     fields = form["definitions"]["SynthesizeParams"]["properties"]
