@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
-from personahub.flows.persona_graph import GraphParams, persona_graph_stages
+from personahub.flows.persona_graph import GraphParams, persona_graph_estimate, persona_graph_stages
 from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
 from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
@@ -29,7 +29,8 @@ from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.crawl import CrawlParams, source_files_task as crawl_source_files
 from personahub.tasks.hub import publish
-from personahub.tasks.llm.budget import budget_spec, run_cost
+from personahub.tasks.llm import estimate
+from personahub.tasks.llm.budget import budget_spec, price_for, run_cost
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.templates import load_template
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona
@@ -57,6 +58,8 @@ class BuildHubParams(BaseModel):
     fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
                         "(LLM answers still come from the cache)")
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
+    dry_run: bool = Field(False, description="Crawl (no LLM call), then estimate the LLM calls and tokens of the "
+                          "rest from the documents, the checkpoints and the cache, and stop before any call")
     relations: list[Relation] = Field(default_factory=lambda: ["read", "write", "like", "dislike"],
                                       description="Text-to-Persona relations")
     crawl: CrawlParams = Field(default_factory=CrawlParams, description="How documents are read and filtered")
@@ -88,7 +91,7 @@ class BuildHubParams(BaseModel):
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -135,18 +138,22 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             t2p_template = load_template("text_to_persona", TextToPersona.default_mode)
             sampling = dict(t2p_template.params)
             sampling.update({k: v for k, v in (("temperature", params.temperature), ("max_tokens", params.max_tokens)) if v is not None})
-            personas = run(run_ctx, TextToPersona.stage(
+            t2p_stage = TextToPersona.stage(
                 "text_to_persona", {**llm_stage_params(t2p_template, sampling, model, filters),
                                     "relations": list(params.relations),
                                     "max_doc_chars": params.max_doc_tokens * CHARS_PER_TOKEN, "input": docs.digest()},
-                row_ranges(docs, params.llm_shard_docs), llm, params.llm_shard_parallelism))
+                row_ranges(docs, params.llm_shard_docs), llm, params.llm_shard_parallelism)
+            p2p_template = load_template("persona_to_persona", PersonaToPersona.default_mode)
+            p2p_params = llm_stage_params(p2p_template, dict(p2p_template.params), model, filters)
+            if params.dry_run:  # what the LLM stages would call, from the documents, checkpoints and cache
+                return build_estimate(run_ctx, params, settings, model, docs, t2p_stage, p2p_params,
+                                      base.version if base else None)
+            personas = run(run_ctx, t2p_stage)
             reports.append(personas.report())
 
             # 3. Persona-to-Persona: `hops` rounds of related personas, a graph of nodes and edges
-            p2p_template = load_template("persona_to_persona", PersonaToPersona.default_mode)
             graph, graph_reports = persona_graph_stages(
-                run_ctx, personas.manifest, params.graph, llm,
-                llm_stage_params(p2p_template, dict(p2p_template.params), model, filters),
+                run_ctx, personas.manifest, params.graph, llm, p2p_params,
                 base.upstream.files() if base else [], base.version if base else None, params.llm_shard_parallelism)
             reports.extend(graph_reports)
 
@@ -178,6 +185,20 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),
                                  description="build-hub counts")
         return summary
+
+
+def build_estimate(run_ctx: RunContext, params: BuildHubParams, settings: Any, model: str, docs: Manifest,
+                   t2p_stage: Any, p2p_params: dict[str, Any], hub_version: str | None) -> dict[str, Any]:
+    """--dry-run after the crawl: Text-to-Persona exactly (each document's requests against the
+    checkpoint and the cache), the hops exactly where their parents are checkpointed, else bounds.
+    The embedding dedup's calls go to the embeddings endpoint and are not counted."""
+    t2p = estimate.estimate_llm_stage(run_ctx, t2p_stage, TextToPersona, model)
+    hop0 = estimate.finished(run_ctx, t2p_stage)
+    hops = persona_graph_estimate(run_ctx, hop0, docs.totals.rows_out * len(params.relations), params.graph,
+                                  p2p_params, hub_version, model)
+    what = f"{docs.totals.rows_out} documents, {params.graph.hops} hops"
+    return {**estimate.dry_run_summary(run_ctx.run_id, model, what, [t2p, *hops], price_for(settings.llm_prices, model)),
+            "documents": docs.totals.rows_out}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

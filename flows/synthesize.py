@@ -349,13 +349,9 @@ def synthesis_estimate(run_ctx: RunContext, params: SynthesizeParams, case: str,
     if params.diversity.enabled:
         pairs = len(params.diversity.targets) * params.diversity.pairs * 2
         estimates.append(estimate.bound("diversity", pairs, int(sampling.get("max_tokens") or 0)))
-    total = estimate.totals(estimates)
     price = price_for(load_settings(store=params.store).llm_prices, model)
-    return {"dry_run": True, "run_id": run_ctx.run_id, "use_case": case, "mode": template.mode, "model": model,
-            "personas": items, "estimates": [e.as_dict() for e in estimates], "total": total,
-            # known prompt tokens + every completion at max_tokens (later stages' prompts are not known yet)
-            "cost_usd_max": None if price is None else
-            round(price.cost(total["prompt_tokens_known"], total["completion_tokens_max"]), 6)}
+    return {**estimate.dry_run_summary(run_ctx.run_id, model, f"{case}, {template.mode}, {items} personas", estimates, price),
+            "use_case": case, "mode": template.mode, "personas": items}
 
 
 def reference_fingerprint(references: list[str]) -> list[str]:

@@ -124,6 +124,7 @@ def build(
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Crawl (no LLM call), print the estimated LLM calls and tokens of the rest, and stop"),
     show: int = typer.Option(5, help="Personas to print at the end"),
 ) -> None:
     """Build a hub: crawl → Text-to-Persona → Persona-to-Persona (hops) → dedup → publish a new hub version.
@@ -138,7 +139,7 @@ def build(
 
     fields: dict[str, Any] = {"hub": hub, "store": store, "max_docs": max_docs, "rows_per_bucket": rows_per_bucket,
                               "llm_base_url": llm_base_url, "llm_model": llm_model, "run_id": run_id, "fresh": fresh,
-                              "budget_tokens": budget_tokens, "budget_cost": budget_cost,
+                              "budget_tokens": budget_tokens, "budget_cost": budget_cost, "dry_run": dry_run,
                               "embedding_base_url": embedding_base_url, "embedding_model": embedding_model}
     if language:
         fields["crawl"] = {"languages": language}
@@ -149,9 +150,12 @@ def build(
     fields["graph"] = {"hops": hops, "k": k, "max_new_per_hop": max_new_per_hop}
     params = BuildHubParams(**{k: v for k, v in fields.items() if v is not None})
     started = time.monotonic()
-    with endpoint_errors("build"), run_locked("build"), live_progress():
+    with endpoint_errors("build"), run_locked("build"), live_progress(False if dry_run else None):
         summary = on_runner(build_hub, dask_address)(params)
     elapsed = time.monotonic() - started
+    if summary.get("dry_run"):
+        _print_estimate(summary)
+        return
 
     _print_stages(summary["stages"])
     u = summary["llm_this_run"]
@@ -248,8 +252,7 @@ def on_runner(flow: Any, dask_address: str | None) -> Any:
 
 
 def _print_estimate(summary: dict[str, Any]) -> None:
-    typer.echo(f"Dry run of {summary['run_id']} ({summary['use_case']}, {summary['mode']}, {summary['model']}, "
-               f"{summary['personas']} personas): no LLM call made")
+    typer.echo(f"Dry run of {summary['run_id']} ({summary['what']}, {summary['model']}): no LLM call made")
     typer.echo(f"  {'stage':34} {'new calls':>10} {'cached':>7} {'prompt tok':>11} {'completion tok ≤':>17}")
     for e in summary["estimates"]:
         calls = f"{'' if e['exact'] else '≤'}{e['calls']}"

@@ -276,3 +276,57 @@ def test_an_edited_prompt_reruns_exactly_the_stage_that_uses_it(server, tmp_path
     assert 0 < frontier == server.calls - before == len(server.requests), "one new call per expanded persona"
     assert all("everyone around them" in r["messages"][0]["content"] for r in server.requests)
     assert again["version"] == "v0002", "new personas: a new version"
+
+
+def test_a_build_dry_run_counts_the_calls_a_build_then_makes(server, tmp_path):
+    """--dry-run crawls and makes no LLM call; its Text-to-Persona figures are what the next build
+    sends (counted at the server), the hops are bounds until their parents are checkpointed, and
+    after a build plus two new documents only those documents' requests are new."""
+    from personahub.cli import app
+
+    corpus = write_corpus(tmp_path / "corpus", 6)
+    store = str(tmp_path / "store")
+    args = ["build", str(corpus), "--llm-base-url", server.base_url, "--embedding-base-url", server.base_url,
+            "--store", store, "--rows-per-bucket", "2", "--relation", "read", "--relation", "like",
+            "--hops", "2", "--k", "3", "--max-new-per-hop", "4"]
+    params = BuildHubParams(corpus=[str(corpus)], store=store, llm_base_url=server.base_url,
+                            embedding_base_url=server.base_url, rows_per_bucket=2, relations=["read", "like"],
+                            graph=GraphParams(hops=2, k=3, max_new_per_hop=4))
+
+    shown = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert shown.exit_code == 0, shown.output
+    assert server.calls == 0 and "no LLM call made" in shown.output
+    assert re.search(r"text_to_persona\s+12\s+0\s", shown.output), shown.output  # 6 documents x 2 relations
+    dry = build_hub(params.model_copy(update={"dry_run": True}))
+    assert server.calls == 0 and dry["documents"] == 6
+    t2p, hop1, hop2 = dry["estimates"]
+    assert (t2p["stage"], t2p["calls"], t2p["cached"], t2p["exact"]) == ("text_to_persona", 12, 0, True)
+    assert t2p["completion_tokens_max"] == 12 * 128  # prompts/text_to_persona/few-shot.yaml's max_tokens
+    # nothing checkpointed yet: each hop expands at most max_new_per_hop personas, one call each
+    assert [(e["calls"], e["exact"], e["prompt_tokens"]) for e in (hop1, hop2)] == [(4, False, None), (4, False, None)]
+    assert dry["total"]["calls_at_most"] == 20 and dry["total"]["exact"] is False
+
+    def t2p_requests() -> list[dict]:
+        return [b for b in server.requests if doc_marker(b)]
+
+    built = build_hub(params)
+    sent = t2p_requests()
+    assert len(sent) == t2p["calls"]
+    assert sum(len(m["content"]) for b in sent for m in b["messages"]) // 4 == t2p["prompt_tokens"]
+    p2p_sent = server.calls - len(sent)
+    assert 0 < p2p_sent <= hop1["calls"] + hop2["calls"]
+    assert built["personas"] > 0
+
+    done = build_hub(params.model_copy(update={"dry_run": True}))
+    assert [(e["calls"], e["exact"]) for e in done["estimates"]] == [(0, True)] * 3, "every stage checkpointed"
+
+    (corpus / "doc90.txt").write_text("Field notes 90: the lighthouse keeper counted the gulls and repainted the lamp room.")
+    (corpus / "doc91.txt").write_text("Field notes 91: the ferry mechanic rebuilt a diesel injector before the morning crossing.")
+    calls_before = server.calls
+    grown = build_hub(params.model_copy(update={"dry_run": True}))
+    assert server.calls == calls_before and grown["documents"] == 8
+    t2p = grown["estimates"][0]
+    assert (t2p["calls"], t2p["cached"], t2p["exact"]) == (4, 12, True), "the 6 old documents' answers are cached"
+    server.requests.clear()
+    build_hub(params)
+    assert len(t2p_requests()) == 4 and {doc_marker(b) for b in t2p_requests()} == {"Field notes 90", "Field notes 91"}

@@ -14,9 +14,14 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from personahub.tasks.core.checkpoint import Manifest
+from personahub.tasks.core.run_context import RunContext
+from personahub.tasks.core.stage import RowRange, Stage
 from personahub.tasks.core.store import Store
+from personahub.tasks.llm.budget import Price
 from personahub.tasks.llm.cache import ResponseCache, cache_key
 from personahub.tasks.llm.requests import ChatRequest
+from personahub.tasks.llm.stage import LLMStage
 
 CHARS_PER_TOKEN = 4
 
@@ -37,6 +42,12 @@ class StageEstimate:
 def estimate_requests(stage: str, store: Store, model: str, requests: Iterable[ChatRequest],
                       exact: bool = True) -> StageEstimate:
     """The calls `requests` would make: identical requests are one call, cached ones none."""
+    new, cached, chars, completion = _lookup(store, model, requests)
+    return StageEstimate(stage, new, cached, chars // CHARS_PER_TOKEN, completion, exact)
+
+
+def _lookup(store: Store, model: str, requests: Iterable[ChatRequest]) -> tuple[int, int, int, int]:
+    """(new calls, cached calls, the new calls' prompt characters, their max_tokens summed)."""
     unique: dict[str, ChatRequest] = {}
     for request in requests:
         unique.setdefault(cache_key(model, request), request)
@@ -48,10 +59,32 @@ def estimate_requests(stage: str, store: Store, model: str, requests: Iterable[C
 
     cached = asyncio.run(answered()) if unique else set()
     new = [request for key, request in unique.items() if key not in cached]
-    return StageEstimate(
-        stage, len(new), len(cached),
-        sum(len(content) for request in new for _role, content in request.messages) // CHARS_PER_TOKEN,
-        sum(int(request.params.get("max_tokens") or 0) for request in new), exact)
+    return (len(new), len(cached), sum(len(content) for request in new for _role, content in request.messages),
+            sum(int(request.params.get("max_tokens") or 0) for request in new))
+
+
+def finished(run_ctx: RunContext, stage: Stage[Any]) -> Manifest | None:
+    """The stage's manifest when the runner would skip it (same parameters, same shards), else None."""
+    manifest = stage.ref(run_ctx).checkpoint.complete_manifest()
+    return manifest if manifest is not None and {s.id for s in manifest.shards} == set(stage.inputs) else None
+
+
+def estimate_llm_stage(run_ctx: RunContext, stage: Stage[RowRange], kind: type[LLMStage], model: str) -> StageEstimate:
+    """An LLM stage as the runner would run it: nothing for a finished stage or shard; the other
+    shards' requests built from their rows and looked up in the cache, one shard at a time (memory
+    is one shard's, as in the run)."""
+    if finished(run_ctx, stage) is not None:
+        return StageEstimate(stage.name, 0, 0, 0, 0, True)
+    done = stage.ref(run_ctx).checkpoint.done_shards()
+    llm = kind(stage.params)
+    new = cached = chars = completion = 0
+    for shard_id, source in stage.inputs.items():
+        if shard_id in done:
+            continue
+        rows = run_ctx.store.read_parquet_rows(source.file, source.start, source.stop, columns=kind.columns).to_pylist()
+        n, c, ch, co = _lookup(run_ctx.store, model, (r for row in rows for r in llm.requests(row)))
+        new, cached, chars, completion = new + n, cached + c, chars + ch, completion + co
+    return StageEstimate(stage.name, new, cached, chars // CHARS_PER_TOKEN, completion, True)
 
 
 def bound(stage: str, calls: int, max_tokens: int) -> StageEstimate:
@@ -64,3 +97,14 @@ def totals(estimates: list[StageEstimate]) -> dict[str, Any]:
             "prompt_tokens_known": sum(e.prompt_tokens or 0 for e in estimates),
             "completion_tokens_max": sum(e.completion_tokens_max for e in estimates),
             "exact": all(e.exact for e in estimates)}
+
+
+def dry_run_summary(run_id: str, model: str, what: str, estimates: list[StageEstimate],
+                    price: Price | None) -> dict[str, Any]:
+    """A dry run's result, as flows return it and the CLI prints it (`what`: the run in a few words)."""
+    total = totals(estimates)
+    return {"dry_run": True, "run_id": run_id, "model": model, "what": what,
+            "estimates": [e.as_dict() for e in estimates], "total": total,
+            # known prompt tokens + every completion at max_tokens (unknown prompts are not priced)
+            "cost_usd_max": None if price is None else
+            round(price.cost(total["prompt_tokens_known"], total["completion_tokens_max"]), 6)}
