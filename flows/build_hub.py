@@ -9,6 +9,7 @@ quality filters), not this shape.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -20,7 +21,6 @@ from personahub.flows.crawl import crawl_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.persona_graph import GraphParams, persona_graph_estimate, persona_graph_stages
 from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
-from personahub.tasks.core.report import stages_markdown
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
 from personahub.tasks.core.settings import load_settings
@@ -29,6 +29,7 @@ from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.serving.endpoint import LLMEndpoint, resolve_model
 from personahub.tasks.crawl import CrawlParams, source_files_task as crawl_source_files
 from personahub.tasks.hub import publish
+from personahub.tasks.hub import report as build_report
 from personahub.tasks.llm import estimate
 from personahub.tasks.llm.budget import budget_spec, price_for, run_cost
 from personahub.tasks.llm.gateway import Usage
@@ -108,6 +109,7 @@ def filter_options(values: dict[str, Any]) -> dict[str, Any]:
 @flow(name="build-hub", log_prints=True, task_runner=task_runner())
 def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
     """Build (or resume) a hub version from the corpus in `params`."""
+    started = time.monotonic()
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
                              embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     run_id = params.run_id or run_id_for(params)
@@ -182,8 +184,13 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
             "cost_usd": run_cost(settings.llm_prices, model, usage_now),
             "reused": reuse_summary(reports),
         }
-        create_markdown_artifact(key="build-hub-summary", markdown=summary_markdown(summary),
-                                 description="build-hub counts")
+        report = build_report.build_report(
+            summary, {"personas": filters, "minhash": params.minhash.model_dump(), "embedding": params.embedding.model_dump()},
+            time.monotonic() - started, settings.llm_prices)
+        build_report.write_report(store, report)
+        summary["report"] = store.uri(build_report.report_path(run_id))
+        create_markdown_artifact(key="build-hub-summary", markdown=build_report.markdown(report),
+                                 description="build-hub report: counts, dedup, filters, tokens, cost, time")
         return summary
 
 
@@ -199,16 +206,3 @@ def build_estimate(run_ctx: RunContext, params: BuildHubParams, settings: Any, m
     what = f"{docs.totals.rows_out} documents, {params.graph.hops} hops"
     return {**estimate.dry_run_summary(run_ctx.run_id, model, what, [t2p, *hops], price_for(settings.llm_prices, model)),
             "documents": docs.totals.rows_out}
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        f"# Hub `{summary['hub']}` {summary['version']}: {summary['personas']} personas",
-        f"Run `{summary['run_id']}`, model `{summary['model']}`, hub at `{summary['hub_path']}`.",
-        "",
-        *stages_markdown(summary["stages"]),
-    ]
-    u = summary["llm_this_run"]
-    lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, "
-              f"{u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, {u['failures']} failures."]
-    return "\n".join(lines)

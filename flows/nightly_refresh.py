@@ -31,8 +31,8 @@ class RefreshParams(BuildHubParams):
 
 def refresh_run_id(params: RefreshParams, new_files: dict[str, str]) -> str:
     """One run per set of new files: a retried refresh resumes it, the next night's starts anew."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "store", "llm_shard_parallelism", "llm_shard_docs",
-                                      "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store",
+                                      "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"refresh-{params.hub}-{params_hash({**keys, 'files': sorted(new_files.values())})[:10]}"
 
 
@@ -57,6 +57,9 @@ def nightly_refresh(params: RefreshParams = RefreshParams()) -> dict[str, Any]:
         build = BuildHubParams(**{**params.model_dump(exclude={"corpus", "run_id"}), "corpus": sorted(new),
                                   "run_id": params.run_id or refresh_run_id(params, new)})
         built = build_hub(build)
+        if built.get("dry_run"):
+            summary.update(built, published=False, message=f"dry run: {len(new)} new files; nothing asked, nothing published")
+            return summary
         added = built["personas"] - (current["personas"] if current else 0)
         summary.update(built, published=True, added_personas=added,
                        message=f"{built['version']}: {len(new)} new files, {added} personas added")

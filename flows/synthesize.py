@@ -19,6 +19,7 @@ holds back stays readable in its `unverified` / `contaminated` table.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +164,7 @@ def persona_source(settings: Settings, params: SynthesizeParams) -> PersonaSourc
 @flow(name="synthesize", log_prints=True, task_runner=task_runner())
 def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     """Synthesize one use case's items from personas in one prompt mode; resumable, cached."""
+    started = time.monotonic()
     case = use_case(params.use_case)
     template = load_template(case.name, params.mode)  # an unknown mode fails here, before any work
     variables = template_variables(params, template)
@@ -302,6 +304,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
             "stages": [r.as_dict() for r in reports],
             "llm_this_run": usage_now,
             "cost_usd": run_cost(settings.llm_prices, model, usage_now),
+            "elapsed_s": round(time.monotonic() - started, 1),
             "reused": reuse_summary(reports),
             "params": params.model_dump(exclude={"llm_base_url", "embedding_base_url", "store"}),
         }

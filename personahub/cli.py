@@ -168,7 +168,7 @@ def build(
     if u["calls"] == 0:
         typer.echo("Nothing was paid for: every LLM answer this build needs was already checkpointed or cached.")
     typer.echo(f"Hub {summary['hub']} {summary['version']}: {summary['personas']} personas at {summary['hub_path']}")
-    typer.echo(f"Run checkpoints: {summary['run']}  ({elapsed:.0f} s)")
+    typer.echo(f"Run checkpoints: {summary['run']}  ({elapsed:.0f} s); report: personahub report {summary['run_id']}")
     settings = load_settings(store=store)
     st = RunContext(settings.store, settings.resolved_s3_endpoint(), summary["run_id"]).store
     manifest = st.read_json(f"hubs/{summary['hub']}/{summary['version']}/manifest.json")
@@ -494,24 +494,29 @@ def synthesize(
 
 @app.command()
 def report(
-    run_id: str = typer.Argument(..., help="A synthesis run id (printed by personahub synthesize)"),
+    run_id: str = typer.Argument(..., help="A run id (printed by personahub build, refresh or synthesize)"),
     store: Optional[str] = StoreOpt,
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of markdown"),
 ) -> None:
-    """Show a synthesis run's quality report: validity, verification, decontamination, spread."""
+    """Show a finished run's report. A build: per-stage counts, dedup ratios, filters, tokens, cost,
+    time. A synthesis: validity, verification, decontamination, spread, tokens, cost, time."""
+    from personahub.tasks.core.report import report_path
     from personahub.tasks.core.settings import load_settings
     from personahub.tasks.core.store import Store
+    from personahub.tasks.hub import report as build_report
     from personahub.tasks.synthesis import report as quality_report
-    from personahub.tasks.synthesis.dataset import ExportError, run_report
 
     settings = load_settings(store=store)
     st = Store(settings.store, s3_endpoint_url=settings.resolved_s3_endpoint())
-    try:
-        found = run_report(st, run_id)
-    except ExportError as exc:
-        typer.echo(f"personahub report: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(found, indent=2) if as_json else quality_report.markdown(found))
+    path = report_path(run_id)
+    if not st.exists(path):
+        typer.echo(f"personahub report: no report at {st.uri(path)}: is {run_id!r} a finished run?", err=True)
+        raise typer.Exit(2)
+    found = st.read_json(path)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+    else:  # reports written before "kind" existed are all synthesis reports
+        typer.echo(build_report.markdown(found) if found.get("kind") == build_report.KIND else quality_report.markdown(found))
 
 
 @app.command()

@@ -330,3 +330,56 @@ def test_a_build_dry_run_counts_the_calls_a_build_then_makes(server, tmp_path):
     server.requests.clear()
     build_hub(params)
     assert len(t2p_requests()) == 4 and {doc_marker(b) for b in t2p_requests()} == {"Field notes 90", "Field notes 91"}
+
+
+def test_a_build_report_counts_dedup_tokens_and_cost(server, tmp_path, monkeypatch):
+    """report.json and `personahub report RUN`: the duplicates the corpus was made with, the tokens the
+    server reported, their cost by the price table; a rerun pays nothing and the totals stand."""
+    from personahub.cli import app
+
+    monkeypatch.setenv("PERSONAHUB_LLM_PRICES", json.dumps({"fake-model": {"prompt": 1.0, "completion": 2.0}}))
+    same = json.dumps({"persona": "A harbour logistics planner who schedules crane shifts around storms."})
+
+    def responder(body: dict):
+        marker = doc_marker(body)
+        if marker in ("Field notes 0", "Field notes 1"):  # two personas of their own, three alike
+            reply = default_responder(body)
+            return FakeReply(content=reply.content, prompt_tokens=100, completion_tokens=10)
+        return FakeReply(content=same, prompt_tokens=100, completion_tokens=10)
+
+    server.reset(responder)
+    corpus = write_corpus(tmp_path / "corpus", 5)
+    (corpus / "copy.txt").write_text((corpus / "doc00.txt").read_text())  # an exact duplicate document
+    store = str(tmp_path / "store")
+    params = BuildHubParams(corpus=[str(corpus)], store=store, llm_base_url=server.base_url,
+                            embedding_base_url=server.base_url, **ONE_HOP0)
+    summary = build_hub(params)
+    assert server.calls == 5 and summary["personas"] == 3
+
+    report = Store(store).read_json(f"runs/{summary['run_id']}/report.json")
+    assert report["kind"] == "build" and report["version"] == "v0001" and report["personas"] == 3
+    assert report["dedup"]["crawl_dedup"] == {"compares": "documents, exact text", "in": 6, "kept": 5, "removed": 1,
+                                              "removed_ratio": round(1 / 6, 4)}
+    assert (report["dedup"]["minhash"]["in"], report["dedup"]["minhash"]["removed"]) == (5, 2)
+    assert all(s["reconciles"] for s in report["stages"])
+    # The fake counts an embedding's tokens as its words. The dimension probe (one embedding, cached
+    # once per model) is made before the embed stage and is not in its ledger.
+    embed_tokens = sum(len(text.split()) for body in server.embedding_requests for text in body["input"]
+                       if text != "dimension probe")
+    prompt, completion = 5 * 100 + embed_tokens, 5 * 10
+    assert (report["llm_this_run"]["prompt_tokens"], report["llm_this_run"]["completion_tokens"]) == (prompt, completion)
+    assert report["cost_usd_this_run"] == report["cost_usd_all_runs"] == round((prompt * 1.0 + completion * 2.0) / 1e6, 6)
+    assert report["filters"]["minhash"]["threshold"] == 0.9 and report["elapsed_s"] > 0
+
+    build_hub(params)  # finished: every stage skipped, nothing paid, the totals unchanged
+    again = Store(store).read_json(f"runs/{summary['run_id']}/report.json")
+    assert again["llm_this_run"]["calls"] == 0 and again["cost_usd_this_run"] == 0
+    assert again["llm_all_runs"] == report["llm_all_runs"] and again["cost_usd_all_runs"] == report["cost_usd_all_runs"]
+
+    shown = CliRunner().invoke(app, ["report", summary["run_id"], "--store", store])
+    assert shown.exit_code == 0, shown.output
+    assert "crawl_dedup (documents, exact text): 1 of 6 removed (16.7%)" in shown.output
+    assert "minhash (personas, MinHash Jaccard): 2 of 5 removed (40.0%)" in shown.output
+    assert "| text_to_persona | 1 (0) | 5 | 5 | 0 | 0 | - | yes | 5 | 0 |" in shown.output
+    refused = CliRunner().invoke(app, ["export", summary["run_id"], "--store", store, "--format", "jsonl"])
+    assert refused.exit_code != 0 and "is a build run" in refused.output

@@ -290,7 +290,7 @@ def test_cli_synthesize(server, tmp_path: Path) -> None:
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "fake-model" in card and "logic@" in card and "in this dataset: 5" in card
     unknown = CliRunner().invoke(app, ["report", "syn-nope", "--store", str(tmp_path / "store")])
-    assert unknown.exit_code == 2 and "no synthesis report" in unknown.output
+    assert unknown.exit_code == 2 and "no report at" in unknown.output
     missing = CliRunner().invoke(app, ["synthesize", "--use-case", "npc", "--personas", str(personas),
                                        "--store", str(tmp_path / "store"), "--llm-base-url", server.base_url])
     assert missing.exit_code == 2 and "npc needs world" in missing.output and "Traceback" not in missing.output

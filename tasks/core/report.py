@@ -12,6 +12,11 @@ from typing import Any
 
 from rich.table import Table
 
+def report_path(run_id: str) -> str:
+    """Where a finished run's report.json is, whatever the flow (build or synthesis)."""
+    return f"runs/{run_id}/report.json"
+
+
 COLUMNS = ("stage", "shards (run now)", "in", "out", "filtered", "quarantined", "reasons", "LLM calls", "tokens")
 
 

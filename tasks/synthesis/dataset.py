@@ -22,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from personahub.tasks.core.checkpoint import ShardCounts
 from personahub.tasks.core.stage import RowRange, StageRef
 from personahub.tasks.core.store import Store
-from personahub.tasks.synthesis.report import report_path
+from personahub.tasks.core.report import report_path
+from personahub.tasks.synthesis.report import KIND
 from personahub.tasks.synthesis.stage import ITEM_SCHEMA
 
 ExportFormat = Literal["jsonl", "hf"]
@@ -45,7 +46,10 @@ class ExportError(ValueError):
 def run_report(store: Store, run_id: str) -> dict[str, Any]:
     if not store.exists(report_path(run_id)):
         raise ExportError(f"no synthesis report at {store.uri(report_path(run_id))}: is {run_id!r} a finished synthesis run?")
-    return store.read_json(report_path(run_id))
+    report = store.read_json(report_path(run_id))
+    if report.get("kind", KIND) != KIND:
+        raise ExportError(f"{run_id!r} is a {report['kind']} run, not a synthesis run: it has no dataset to export")
+    return report
 
 
 def dataset_table(store: Store, report: dict[str, Any]) -> pa.Table:

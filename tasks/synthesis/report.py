@@ -21,18 +21,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from personahub.tasks.core.checkpoint import Manifest
+from personahub.tasks.core.report import report_path
 from personahub.tasks.core.store import Store
 from personahub.tasks.synthesis import diversity
 from personahub.tasks.synthesis.stage import UNVERIFIED
 
+KIND = "synthesis"
 _WORD = re.compile(r"\w+")
 # Implementation reasons by how far the code got: each later check needs the earlier ones passed.
 _NOT_PARSED = {"llm_error", "no_code", "syntax_error"}
 _NO_FUNCTION = {"missing_function", "argument_mismatch"}
-
-
-def report_path(run_id: str) -> str:
-    return f"runs/{run_id}/report.json"
 
 
 def _column(store: Store, manifest: Manifest, kinds: tuple[str, ...], column: str) -> list[Any]:
@@ -66,7 +64,7 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
     params = summary["params"]
     c = generated["counts"]
     report: dict[str, Any] = {
-        "run_id": summary["run_id"], "use_case": case, "mode": summary["mode"], "model": summary["model"],
+        "kind": KIND, "run_id": summary["run_id"], "use_case": case, "mode": summary["mode"], "model": summary["model"],
         "source": summary["source"], "templates": [summary["template"]], "dataset_files": summary["dataset_files"],
         "dataset_path": summary["dataset_path"],
         "counts": {"personas": summary["personas"], "generated": summary["generated"],
@@ -79,6 +77,8 @@ def build_report(store: Store, summary: Mapping[str, Any], manifests: Mapping[st
                     + s["counts"]["quarantined"], "llm": {k: s["usage"].get(k, 0) for k in
                                                           ("calls", "cache_hits", "total_tokens")}} for s in stages],
         "llm_this_run": summary["llm_this_run"],
+        "cost_usd_this_run": summary.get("cost_usd"),
+        "elapsed_s": summary.get("elapsed_s"),
         "filters": {},
     }
     halves = [name for name in manifests if name.startswith("conversation_")]
@@ -212,5 +212,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += ["", f"**Spread**: {s['items']} items, distinct-1 {s['distinct_1']}, distinct-2 {s['distinct_2']}, "
               f"mean pairwise cosine {s['mean_pairwise_cosine']}"]
     u = report["llm_this_run"]
-    lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, {u['total_tokens']} tokens."]
+    cost, elapsed = report.get("cost_usd_this_run"), report.get("elapsed_s")
+    lines += ["", f"LLM this run: {u['calls']} new calls, {u['cache_hits']} cache hits, {u['total_tokens']} tokens"
+              + (f", ${cost:.4f}" if cost is not None else "") + "."
+              + (f" Time: {elapsed:.0f} s (the invocation that finished the run)." if elapsed is not None else "")]
     return "\n".join(lines)
