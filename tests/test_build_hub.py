@@ -358,9 +358,10 @@ def test_a_build_report_counts_dedup_tokens_and_cost(server, tmp_path, monkeypat
 
     report = Store(store).read_json(f"runs/{summary['run_id']}/report.json")
     assert report["kind"] == "build" and report["version"] == "v0001" and report["personas"] == 3
-    assert report["dedup"]["crawl_dedup"] == {"compares": "documents, exact text", "in": 6, "kept": 5, "removed": 1,
-                                              "removed_ratio": round(1 / 6, 4)}
-    assert (report["dedup"]["minhash"]["in"], report["dedup"]["minhash"]["removed"]) == (5, 2)
+    crawl, minhash, embedding = report["dedup"]
+    assert crawl == {"stage": "crawl_dedup", "compares": "documents, exact text", "in": 6, "kept": 5, "removed": 1,
+                     "removed_ratio": round(1 / 6, 4)}
+    assert (minhash["stage"], minhash["in"], minhash["removed"], embedding["stage"]) == ("minhash", 5, 2, "embedding_dedup")
     assert all(s["reconciles"] for s in report["stages"])
     # The fake counts an embedding's tokens as its words. The dimension probe (one embedding, cached
     # once per model) is made before the embed stage and is not in its ledger.

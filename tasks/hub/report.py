@@ -32,13 +32,13 @@ def build_report(summary: Mapping[str, Any], filters: Mapping[str, Mapping[str, 
     options (personas, minhash, embedding), `prices` the settings' price table."""
     stages = list(summary["stages"])
     usage_keys = ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "total_tokens")
-    dedup = {}
+    dedup = []  # a list, in pipeline order (JSON objects are written with sorted keys)
     for s in stages:
         if s["stage"] in DEDUP_STAGES:
             c = s["counts"]
             removed = c["rows_in"] - c["rows_out"]
-            dedup[s["stage"]] = {"compares": DEDUP_STAGES[s["stage"]], "in": c["rows_in"], "kept": c["rows_out"],
-                                 "removed": removed, "removed_ratio": round(removed / c["rows_in"], 4) if c["rows_in"] else None}
+            dedup.append({"stage": s["stage"], "compares": DEDUP_STAGES[s["stage"]], "in": c["rows_in"], "kept": c["rows_out"],
+                          "removed": removed, "removed_ratio": round(removed / c["rows_in"], 4) if c["rows_in"] else None})
     llm_total = {k: sum(int(s["usage"].get(k, 0)) for s in stages) for k in usage_keys}
     return {
         "kind": KIND, "run_id": summary["run_id"], "hub": summary["hub"], "version": summary["version"],
@@ -78,9 +78,9 @@ def markdown(report: Mapping[str, Any]) -> str:
                      f"{u['cache_hits']} | {u['total_tokens']} |")
     if report["dedup"]:
         lines += ["", "**Dedup**: " + "; ".join(
-            f"{name} ({d['compares']}): {d['removed']} of {d['in']} removed"
+            f"{d['stage']} ({d['compares']}): {d['removed']} of {d['in']} removed"
             + (f" ({d['removed_ratio']:.1%})" if d["removed_ratio"] is not None else "")
-            for name, d in report["dedup"].items())]
+            for d in report["dedup"])]
     lines += ["", "**Filters**: " + "; ".join(
         f"{name} " + ", ".join(f"{k}={v}" for k, v in options.items() if v not in (None, []))
         for name, options in report["filters"].items())]
@@ -89,7 +89,7 @@ def markdown(report: Mapping[str, Any]) -> str:
               f"{now['prompt_tokens']} prompt + {now['completion_tokens']} completion tokens"
               + (f", ${report['cost_usd_this_run']:.4f}" if report["cost_usd_this_run"] is not None else "")
               + f"; reused {reused['shards_reused']} of {reused['shards']} shards.",
-              f"- **LLM over every run of this id**: {total['calls']} calls, {total['total_tokens']} tokens"
+              f"- **LLM paid for by this build's shards** (whichever invocation made them): {total['calls']} calls, {total['total_tokens']} tokens"
               + (f", ${report['cost_usd_all_runs']:.4f}" if report["cost_usd_all_runs"] is not None else "") + ".",
               f"- **Time**: {report['elapsed_s']:.0f} s (the invocation that finished the run)."]
     return "\n".join(lines)
