@@ -148,21 +148,50 @@ def test_cli_against_fake_server_and_s3(server, s3_server, tmp_path, monkeypatch
     assert Store(store_url, s3_endpoint_url=s3_server).exists("hubs/default/v0001/manifest.json")
 
 
+def cached_chat_keys(store_dir: Path) -> set[str]:
+    """The chat answers in a store's LLM cache, read from its Parquet segments as they stand (a
+    segment being merged away mid-read is skipped: its entries are in the merged one)."""
+    keys: set[str] = set()
+    for path in store_dir.glob("cache/llm/**/*.parquet"):
+        try:
+            table = pq.read_table(path, columns=["key", "kind"])
+        except (OSError, ValueError):
+            continue
+        keys.update(k for k, kind in zip(table["key"].to_pylist(), table["kind"].to_pylist()) if kind == "chat")
+    return keys
+
+
 @pytest.mark.slow
 def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
-    """SIGKILL the CLI mid-way through Text-to-Persona; the rerun keeps every finished shard."""
+    """SIGKILL the CLI mid-way through Text-to-Persona; the rerun keeps every finished shard and
+    asks again for no answer the killed run received: only the calls never answered are made."""
+    import threading
 
-    def slow(body: dict):
+    gate = threading.Event()  # once set, requests are held (asked, never answered before the kill)
+    answered: list[str] = []
+    held: list[str] = []
+    lock = threading.Lock()
+
+    def ident(body: dict) -> str:
+        return json.dumps(body["messages"], sort_keys=True)
+
+    def gated(body: dict):
         reply = default_responder(body)
-        reply.delay = 0.4
+        with lock:
+            if gate.is_set():
+                held.append(ident(body))
+                reply.delay = 20.0
+            else:
+                answered.append(ident(body))
+                reply.delay = 0.4
         return reply
 
-    server.reset(slow)
+    server.reset(gated)
     corpus = write_corpus(tmp_path / "corpus", 12)
     store_dir = tmp_path / "store"
     cmd = [sys.executable, "-m", "personahub.cli", "build", str(corpus), "--store", str(store_dir),
            "--llm-base-url", server.base_url, "--embedding-base-url", server.base_url, "--rows-per-bucket", "2", "--relation", "read", "--hops", "0"]
-    # A segment per answer: every answer paid for before the kill is in the store (the loss bound
+    # A segment per answer: every answer received before the kill is in the store (the loss bound
     # of larger segments is tested in tests/test_llm_cache.py).
     env = {**os.environ, "PERSONAHUB_LLM_MAX_CONCURRENCY": "2", "PERSONAHUB_LLM_CACHE_FLUSH_EVERY": "1"}
 
@@ -177,13 +206,30 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
         assert proc.poll() is None, "the build ended before it could be killed"
         time.sleep(0.05)
     assert done_dir is not None, "no Text-to-Persona shard finished in time"
+    gate.set()
+    # Kill once a request is held and every answer sent before the gate is in the cache: what the
+    # rerun may not ask again is then exactly `answered`.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with lock:
+            n_answered, n_held = len(answered), len(held)
+        if n_held and server.in_flight == n_held and len(cached_chat_keys(store_dir)) >= n_answered:
+            break
+        assert proc.poll() is None, "the build ended before it could be killed"
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no request was held, or answers were not cached, in time")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    with lock:
+        answered_before, held_before = list(answered), list(held)
+    assert len(cached_chat_keys(store_dir)) == len(answered_before) == len(set(answered_before))
 
     before = {p.name: p.read_text() for p in done_dir.glob("*.json")}
     assert len(before) > 0, "the kill must land mid-stage"
     assert not (done_dir.parent / "manifest.json").exists()
     calls_before = server.calls
+    gate.clear()
 
     finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
@@ -194,9 +240,11 @@ def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     assert len(after) == len(manifest["shards"]) > len(before)
     for name, text in before.items():
         assert after[name] == text, f"finished shard {name} was redone"
-    docs_in_done_shards = sum(json.loads(t)["counts"]["rows_in"] for t in before.values())
-    assert server.calls - calls_before <= 12 - docs_in_done_shards
-    assert server.calls <= 12 + 2, "responses paid for before the kill are not paid again"
+    asked_again = [ident(body) for body in server.requests[calls_before:]]
+    assert not set(asked_again) & set(answered_before), "an answer received before the kill was paid for again"
+    assert sorted(asked_again) == sorted(set(asked_again)), "the rerun asked one thing twice"
+    assert len(asked_again) == 12 - len(answered_before), "every document not answered is asked once"
+    assert set(held_before) <= set(asked_again), "the calls cut off by the kill are made again"
 
     # The resumed hub is the hub an uninterrupted build makes (the killed run's lock was taken over).
     clean_dir = tmp_path / "clean-store"
