@@ -20,6 +20,8 @@ from pydantic import BaseModel, Field
 from personahub.flows.crawl import crawl_stages
 from personahub.flows.dedup_stages import EmbeddingParams, HubBase, MinHashParams, dedup_stages, publish_deduplicated
 from personahub.flows.persona_graph import GraphParams, persona_graph_estimate, persona_graph_stages
+from personahub.flows.run_controls import (EXECUTION_FIELDS, BudgetCost, BudgetTokens, EmbeddingModel, Fresh,
+                                           LLMBaseUrl, LLMModel, MaxTokens, StoreUrl, Temperature)
 from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
 from personahub.tasks.core.checkpoint import Manifest, params_hash
 from personahub.tasks.core.run_context import RunContext
@@ -31,7 +33,8 @@ from personahub.tasks.crawl import CrawlParams, source_files_task as crawl_sourc
 from personahub.tasks.hub import publish
 from personahub.tasks.hub import report as build_report
 from personahub.tasks.llm import estimate
-from personahub.tasks.llm.budget import budget_spec, price_for, run_cost
+from personahub.tasks.llm.budget import price_for, run_cost, spend_spec
+from personahub.tasks.llm.meter import others_in_progress
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.templates import load_template
 from personahub.tasks.personas.persona_to_persona import PersonaToPersona
@@ -52,12 +55,9 @@ class BuildHubParams(BaseModel):
 
     corpus: list[str] = Field(default_factory=lambda: [demo_corpus()], description="Files, directories or globs (any fsspec URL)")
     hub: str = Field("default", description="Hub name: versions go to hubs/<hub>/vNNNN")
-    budget_tokens: int | None = Field(None, ge=1, description="Stop the run once it has paid for this many tokens "
-                                      "(cached answers are free); rerun with a larger budget to continue")
-    budget_cost: float | None = Field(None, gt=0, description="Stop the run once its calls cost this many USD "
-                                      "(needs the model in settings.llm_prices)")
-    fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
-                        "(LLM answers still come from the cache)")
+    budget_tokens: BudgetTokens = None
+    budget_cost: BudgetCost = None
+    fresh: Fresh = False
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters, so a rerun resumes")
     dry_run: bool = Field(False, description="Crawl (no LLM call), then estimate the LLM calls and tokens of the "
                           "rest from the documents, the checkpoints and the cache, and stop before any call")
@@ -71,8 +71,8 @@ class BuildHubParams(BaseModel):
     graph: GraphParams = Field(default_factory=GraphParams, description="Persona-to-Persona expansion")
     filters: dict[str, Any] = Field(default_factory=dict, description="Persona quality filter options "
                                     "(PersonaFilterOptions fields, e.g. {\"languages\": [\"en\"], \"min_words\": 5})")
-    temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
-    max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
+    temperature: Temperature = None
+    max_tokens: MaxTokens = None
     rows_per_bucket: int = Field(200_000, ge=1, description="Rows per dedup bucket of the crawl (bounds its memory)")
     crawl_shard_bytes: int = Field(32_000_000, ge=1, description="Input bytes per crawl shard, about: small files "
                                    "are grouped, a larger file is a shard of its own")
@@ -82,17 +82,17 @@ class BuildHubParams(BaseModel):
                                 "entry; bounds its memory); a larger crawl bucket is cut into several")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight (the flow runs 4 "
                                        "threads); they share one request bound (settings.llm_max_concurrency)")
-    store: str | None = Field(None, description="Override the store URL (settings.store)")
-    llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
-    llm_model: str | None = Field(None, description="Override the model name")
+    store: StoreUrl = None
+    llm_base_url: LLMBaseUrl = None
+    llm_model: LLMModel = None
     embedding_base_url: str | None = Field(None, description="Override the embeddings endpoint; unset and unconfigured = embedded model")
-    embedding_model: str | None = Field(None, description="Override the embedding model name")
+    embedding_model: EmbeddingModel = None
 
 
 def run_id_for(params: BuildHubParams) -> str:
     """A run id from what the build computes, so rerunning it resumes. The corpus is left out: a
     rerun with one new file reuses every finished shard and pays only for the new documents."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude=EXECUTION_FIELDS | {"llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"hub-{params.hub}-{params_hash(keys)[:10]}"
 
 
@@ -120,7 +120,7 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
         base = HubBase.of(publish.base_version_task(run_ctx, params.hub))
         filters = filter_options(params.filters)
         model = resolve_model(settings)
-        budget = budget_spec(params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
+        spend = spend_spec(run_id, params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
         reports: list[StageReport] = []
 
         # 1. crawl: input files → document shards, deduplicated across the crawl (the files are
@@ -130,11 +130,11 @@ def build_hub(params: BuildHubParams = BuildHubParams()) -> dict[str, Any]:
                                            params.rows_per_bucket, shard_bytes=params.crawl_shard_bytes)
         reports.extend(crawl_reports)
 
-        with LLMEndpoint(settings) as endpoint:
+        with LLMEndpoint(settings) as endpoint, others_in_progress(spend, store):
             # Every LLM shard in flight shares the endpoint's one concurrency bound (the gateway's). The
             # URL is asked for only when a shard runs: a rerun whose LLM stages are done starts no server.
             llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency,
-                                "budget": budget})
+                                "spend": spend})
 
             # 2. Text-to-Persona: documents → personas (LLM), in shards of llm_shard_docs documents
             t2p_template = load_template("text_to_persona", TextToPersona.default_mode)

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from personahub.flows.build_hub import BuildHubParams, build_hub
+from personahub.flows.run_controls import EXECUTION_FIELDS
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.settings import load_settings
 from personahub.tasks.core.store import Store
@@ -31,8 +32,7 @@ class RefreshParams(BuildHubParams):
 
 def refresh_run_id(params: RefreshParams, new_files: dict[str, str]) -> str:
     """One run per set of new files: a retried refresh resumes it, the next night's starts anew."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store",
-                                      "llm_shard_parallelism", "llm_shard_docs", "crawl_shard_bytes", "corpus"})
+    keys = params.model_dump(exclude=EXECUTION_FIELDS | {"llm_shard_docs", "crawl_shard_bytes", "corpus"})
     return f"refresh-{params.hub}-{params_hash({**keys, 'files': sorted(new_files.values())})[:10]}"
 
 

@@ -27,6 +27,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from personahub.flows.run_controls import (EXECUTION_FIELDS, BudgetCost, BudgetTokens, EmbeddingModel, Fresh,
+                                           LLMBaseUrl, LLMModel, MaxTokens, StoreUrl, Temperature)
 from personahub.flows.stage_runner import task_runner, hold_run, reuse_summary, run
 from personahub.tasks.core.checkpoint import params_hash
 from personahub.tasks.core.run_context import RunContext
@@ -34,7 +36,8 @@ from personahub.tasks.core.settings import Settings, load_settings
 from personahub.tasks.core.stage import Deferred, Stage, StageReport, StageResult, row_ranges
 from personahub.tasks.crawl import plan_sources_task
 from personahub.tasks.llm import estimate
-from personahub.tasks.llm.budget import budget_spec, price_for, run_cost
+from personahub.tasks.llm.budget import price_for, run_cost, spend_spec
+from personahub.tasks.llm.meter import others_in_progress
 from personahub.tasks.llm.gateway import Usage
 from personahub.tasks.llm.stage import llm_stage_params
 from personahub.tasks.llm.templates import PromptTemplate, load_template
@@ -73,8 +76,8 @@ class SynthesizeParams(BaseModel):
                                       "logic variant (general, spatial, trick), npc world (the game's description)")
     demos: str | None = Field(None, description="Demonstrations file (JSONL of {output, vars}); default: the "
                               "use case's shipped prompts/<use case>/demos.jsonl")
-    temperature: float | None = Field(None, ge=0, le=2, description="Override the template's temperature")
-    max_tokens: int | None = Field(None, ge=8, description="Override the template's max_tokens")
+    temperature: Temperature = None
+    max_tokens: MaxTokens = None
     solve: bool = Field(True, description="math: solve each problem with the solvers; keep those they agree on")
     solvers: list[SolverSpec] = Field(default_factory=lambda: [s.model_copy() for s in DEFAULT_SOLVERS],
                                       description="math: the solvers (chain-of-thought / program-of-thought, seed)")
@@ -92,27 +95,24 @@ class SynthesizeParams(BaseModel):
     diversity: DiversityParams = Field(default_factory=DiversityParams)
     shard_rows: int = Field(500, ge=1, description="Personas per synthesis shard (one task, one checkpoint entry)")
     llm_shard_parallelism: int = Field(3, ge=1, description="LLM shards in flight; they share one request bound")
-    budget_tokens: int | None = Field(None, ge=1, description="Stop the run once it has paid for this many tokens "
-                                      "(cached answers are free); rerun with a larger budget to continue")
-    budget_cost: float | None = Field(None, gt=0, description="Stop the run once its calls cost this many USD "
-                                      "(needs the model in settings.llm_prices)")
+    budget_tokens: BudgetTokens = None
+    budget_cost: BudgetCost = None
     dry_run: bool = Field(False, description="Estimate the run's calls and tokens (from the selection and the "
                           "cache) and stop before any LLM call")
-    fresh: bool = Field(False, description="Recompute every stage of the run id, ignoring its checkpoints "
-                        "(LLM answers still come from the cache)")
+    fresh: Fresh = False
     run_id: str | None = Field(None, description="Checkpoint folder; unset = derived from the parameters but n")
-    store: str | None = Field(None, description="Override the store URL (settings.store)")
-    llm_base_url: str | None = Field(None, description="Override the LLM endpoint; unset and unconfigured = embedded model")
-    llm_model: str | None = Field(None, description="Override the model name")
+    store: StoreUrl = None
+    llm_base_url: LLMBaseUrl = None
+    llm_model: LLMModel = None
     embedding_base_url: str | None = Field(None, description="Override the embeddings endpoint (diversity); unset and "
                                            "unconfigured = embedded model")
-    embedding_model: str | None = Field(None, description="Override the embedding model name")
+    embedding_model: EmbeddingModel = None
 
 
 def synthesis_run_id(params: SynthesizeParams, source: str) -> str:
     """A run id from what the items depend on, except n (raising n resumes the run) and where the
     run executes; `source` names the personas (hub version, or the persona files' shard ids)."""
-    keys = params.model_dump(exclude={"run_id", "fresh", "dry_run", "budget_tokens", "budget_cost", "store", "llm_shard_parallelism", "shard_rows", "personas",
+    keys = params.model_dump(exclude=EXECUTION_FIELDS | {"shard_rows", "personas",
                                       "hub", "hub_version", "llm_base_url",
                                       "embedding_base_url"})
     keys["selection"].pop("n")
@@ -171,7 +171,6 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     settings = load_settings(store=params.store, llm_base_url=params.llm_base_url, llm_model=params.llm_model,
                              embedding_base_url=params.embedding_base_url, embedding_model=params.embedding_model)
     model = resolve_model(settings)
-    budget = budget_spec(params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
     demos = demo_files.load_demos(case, params.demos) if params.mode != "zero-shot" else []
     if case.name == "math" and params.solve and params.min_agreement > len(params.solvers):
         raise SynthesisParamsError(f"min_agreement {params.min_agreement} exceeds the {len(params.solvers)} solvers")
@@ -180,6 +179,7 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
     source = persona_source(settings, params)
     run_id = params.run_id or synthesis_run_id(params, source.name)
     run_ctx = RunContext(settings.store, settings.resolved_s3_endpoint(), run_id)
+    spend = spend_spec(run_id, params.budget_tokens, params.budget_cost, settings.llm_prices, model)  # refused before any call
     with hold_run(run_ctx, params.fresh):
         get_run_logger().info("synthesis run %s in %s", run_id, run_ctx.store.uri(f"runs/{run_id}"))
         reports: list[StageReport] = []
@@ -204,9 +204,9 @@ def synthesize(params: SynthesizeParams) -> dict[str, Any]:
         if params.dry_run:  # what the run would call, from the selection and the cache; nothing is asked
             return synthesis_estimate(run_ctx, params, case.name, template, sampling, model, variables, demos,
                                       selected.manifest.files())
-        with LLMEndpoint(settings) as endpoint:
+        with LLMEndpoint(settings) as endpoint, others_in_progress(spend, run_ctx.store):
             llm = Deferred(lambda: {"base_url": endpoint.base_url, "model": model, "concurrency": settings.llm_max_concurrency,
-                                "budget": budget})
+                                "spend": spend})
 
             # 2. persona-enhanced mode: each demonstration's persona, inferred by Text-to-Persona
             demo_rows = [{"answer": d.answer, "persona": None} for d in demos]

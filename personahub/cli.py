@@ -35,6 +35,13 @@ app.add_typer(llm_app, name="llm")
 app.add_typer(hub_app, name="hub")
 
 StoreOpt = typer.Option(None, "--store", help="Store URL: a directory or s3://bucket/prefix (default: settings.store)")
+# Options build, refresh and synthesize share
+LLMBaseUrlOpt = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)")
+LLMModelOpt = typer.Option(None, help="Model name (default: the endpoint's first model)")
+FreshOpt = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)")
+BudgetTokensOpt = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)")
+BudgetCostOpt = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)")
+DaskOpt = typer.Option(None, help="Run the shard tasks on this dask.distributed scheduler (tcp://host:8786) (default: settings.dask_address, else threads)")
 
 EPHEMERAL_FLUSH_S = 2.0
 RESUME_HINT = ("Nothing is lost: rerun the same command once the endpoint answers; finished shards and every "
@@ -108,8 +115,8 @@ def build(
     corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs to read (default: the shipped demo corpus)"),
     hub: str = typer.Option("default", help="Hub name; versions go to hubs/<hub>/vNNNN"),
     store: Optional[str] = StoreOpt,
-    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
-    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    llm_base_url: Optional[str] = LLMBaseUrlOpt,
+    llm_model: Optional[str] = LLMModelOpt,
     embedding_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible …/v1 for the embedding dedup (default: embedded all-MiniLM-L6-v2)"),
     embedding_model: Optional[str] = typer.Option(None, help="Embedding model name at that endpoint"),
     relation: Optional[list[str]] = typer.Option(None, "--relation", help="read / write / like / dislike (repeatable) (default: all four)"),
@@ -117,10 +124,10 @@ def build(
     k: int = typer.Option(3, help="Related personas asked for per persona"),
     max_new_per_hop: int = typer.Option(32, help="Personas expanded per hop at most (seeded sample)"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters)"),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
-    budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
-    budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
-    dask_address: Optional[str] = typer.Option(None, help="Run the shard tasks on this dask.distributed scheduler (tcp://host:8786) (default: settings.dask_address, else threads)"),
+    fresh: bool = FreshOpt,
+    budget_tokens: Optional[int] = BudgetTokensOpt,
+    budget_cost: Optional[float] = BudgetCostOpt,
+    dask_address: Optional[str] = DaskOpt,
     language: Optional[list[str]] = typer.Option(None, "--language", help="Keep only documents in this language (repeatable; default: all)"),
     max_docs: Optional[int] = typer.Option(None, help="Build from a seeded sample of at most this many documents"),
     rows_per_bucket: int = typer.Option(200_000, help="Rows per dedup bucket of the crawl (bounds its memory)"),
@@ -281,8 +288,8 @@ def refresh(
     corpus: Optional[list[str]] = typer.Argument(None, help="Files, directories or globs (default: the shipped demo corpus)"),
     hub: str = typer.Option("default", help="Hub to refresh"),
     store: Optional[str] = StoreOpt,
-    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
-    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    llm_base_url: Optional[str] = LLMBaseUrlOpt,
+    llm_model: Optional[str] = LLMModelOpt,
     embedding_base_url: Optional[str] = typer.Option(None, help="Embeddings endpoint …/v1 (default: embedded model)"),
     hops: int = typer.Option(6, help="Persona-to-Persona rounds (0 = none)"),
 ) -> None:
@@ -403,15 +410,15 @@ def synthesize(
     world_file: Optional[str] = typer.Option(None, help="npc: a file with the game world's description"),
     demos: Optional[str] = typer.Option(None, help="Demonstrations file, JSONL of {output, vars} (default: the shipped ones)"),
     store: Optional[str] = StoreOpt,
-    llm_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint …/v1 (default: embedded model)"),
-    llm_model: Optional[str] = typer.Option(None, help="Model name (default: the endpoint's first model)"),
+    llm_base_url: Optional[str] = LLMBaseUrlOpt,
+    llm_model: Optional[str] = LLMModelOpt,
     embedding_base_url: Optional[str] = typer.Option(None, help="Embeddings endpoint …/v1 for the diversity measure (default: embedded model)"),
     diversity: bool = typer.Option(True, help="Measure diversity (the paper's Figure 10) and plot it"),
     run_id: Optional[str] = typer.Option(None, help="Checkpoint folder to use or resume (default: derived from the parameters but n)"),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore the run's checkpoints and recompute every stage (cached LLM answers are still reused)"),
-    budget_tokens: Optional[int] = typer.Option(None, help="Stop once this run has paid for this many LLM tokens (resumable)"),
-    budget_cost: Optional[float] = typer.Option(None, help="Stop once this run's LLM calls cost this many USD (needs settings.llm_prices)"),
-    dask_address: Optional[str] = typer.Option(None, help="Run the shard tasks on this dask.distributed scheduler (tcp://host:8786) (default: settings.dask_address, else threads)"),
+    fresh: bool = FreshOpt,
+    budget_tokens: Optional[int] = BudgetTokensOpt,
+    budget_cost: Optional[float] = BudgetCostOpt,
+    dask_address: Optional[str] = DaskOpt,
     solve: bool = typer.Option(True, help="math: solve each problem with three solvers and keep those they agree on"),
     min_agreement: int = typer.Option(2, help="math: solvers that must agree on a problem's answer to keep it"),
     implement: bool = typer.Option(True, help="tools: write each interface's code and check it in the sandbox"),

@@ -1,10 +1,10 @@
 """Live progress of a flow's stages, for whoever watches this process (the CLI's rich bars).
 
 The stage runner reports each stage's shards (started, one finished, finished); every gateway in
-the process adds its calls, cache hits and tokens to one set of counters. A watcher reads both;
-nothing here blocks or fails a run, and with no watcher it costs a lock and an addition. Shards
-run on Dask report from the flow's process when they finish; their calls are counted in the
-workers, so the call counters only move for shards run here.
+the process adds its calls, cache hits and tokens to one set of counters, and a flow adds sources
+of the calls made elsewhere (its Dask workers', read from the invocation's meter). A watcher reads
+both; nothing here blocks or fails a run, and with no watcher it costs a lock and an addition.
+Shards run on Dask report from the flow's process when they finish.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -37,6 +38,7 @@ Listener = Callable[[StageProgress], None]
 _lock = threading.Lock()
 _llm = LLMCounters()
 _listeners: list[Listener] = []
+_sources: list[Callable[[], LLMCounters]] = []
 
 
 def count_llm(calls: int = 0, cache_hits: int = 0, tokens: int = 0) -> None:
@@ -47,21 +49,40 @@ def count_llm(calls: int = 0, cache_hits: int = 0, tokens: int = 0) -> None:
 
 
 def llm_counters() -> LLMCounters:
+    """This process's counts plus every added source's (calls made in other processes)."""
     with _lock:
-        return LLMCounters(_llm.calls, _llm.cache_hits, _llm.tokens)
+        total = LLMCounters(_llm.calls, _llm.cache_hits, _llm.tokens)
+        sources = list(_sources)
+    for source in sources:
+        try:
+            more = source()
+        except Exception:  # noqa: BLE001 - a display must never fail a run
+            continue
+        total = LLMCounters(total.calls + more.calls, total.cache_hits + more.cache_hits, total.tokens + more.tokens)
+    return total
+
+
+def _registered(items: list, item: Any) -> Callable[[], None]:
+    """Add `item` to `items` (under the lock); returns the function that takes it out again."""
+    with _lock:
+        items.append(item)
+
+    def remove() -> None:
+        with _lock:
+            if item in items:
+                items.remove(item)
+
+    return remove
+
+
+def add_source(source: Callable[[], LLMCounters]) -> Callable[[], None]:
+    """Count `source`'s calls too (calls this process's gateways do not see); returns its remover."""
+    return _registered(_sources, source)
 
 
 def watch(listener: Listener) -> Callable[[], None]:
     """Call `listener` on every stage event of this process; returns the function that stops it."""
-    with _lock:
-        _listeners.append(listener)
-
-    def stop() -> None:
-        with _lock:
-            if listener in _listeners:
-                _listeners.remove(listener)
-
-    return stop
+    return _registered(_listeners, listener)
 
 
 def _emit(progress: StageProgress) -> None:

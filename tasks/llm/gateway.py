@@ -46,6 +46,7 @@ from personahub.tasks.llm.cache import (
     CACHE_FORMAT, EMBEDDING_CACHE_FORMAT, FLUSH_EVERY, FLUSH_SECONDS, ResponseCache, cache_key, embedding_cache_key,
 )
 from personahub.tasks.llm.budget import RunBudget, budget_for
+from personahub.tasks.llm.meter import InvocationMeter, meter_for
 from personahub.tasks.llm.concurrency import limit_for
 from personahub.tasks.llm.endpoint_breaker import CircuitBreaker, EndpointDown, fatal_reason
 from personahub.tasks.llm.json_parsing import parse_json_lenient
@@ -232,6 +233,7 @@ class LLMGateway:
         max_consecutive_failures: int = 10,
         cache_flush_every: int = FLUSH_EVERY,
         cache_flush_seconds: float = FLUSH_SECONDS,
+        meter: InvocationMeter | None = None,
         budget: RunBudget | None = None,
     ):
         if not base_url:
@@ -250,7 +252,8 @@ class LLMGateway:
                                    flush_seconds=cache_flush_seconds)
         self.usage = Usage()
         self.breaker = CircuitBreaker(self.endpoint, max_consecutive_failures)
-        self.budget = budget  # the run's token / cost limit, shared by its gateways (tasks/llm/budget.py)
+        self.meter = meter  # the invocation's counts over every process (tasks/llm/meter.py)
+        self.budget = budget  # the invocation's token / cost limit, checked on the meter (tasks/llm/budget.py)
         self.limit = limit_for(self.base_url, self.max_concurrency)
         # Kept private and out of repr(); only the SDK client sees it (as the Authorization header).
         self.__api_key = api_key or PLACEHOLDER_API_KEY
@@ -291,12 +294,14 @@ class LLMGateway:
 
         settings = load_settings()
         embeddings = _purpose(llm.get("purpose", "chat")) == "embeddings"
+        meter = meter_for(llm.get("spend"), store)
         return cls(
             base_url=llm["base_url"],
             model=llm["model"],
             store=store,
             max_concurrency=llm["concurrency"],
-            budget=budget_for(llm.get("budget")),
+            meter=meter,
+            budget=budget_for(llm.get("spend"), meter),
             **_settings_options(settings, embeddings),
         )
 
@@ -335,6 +340,8 @@ class LLMGateway:
                     setattr(target, name, getattr(target, name) + delta)
         progress.count_llm(calls=deltas.get("calls", 0), cache_hits=deltas.get("cache_hits", 0),
                            tokens=deltas.get("prompt_tokens", 0) + deltas.get("completion_tokens", 0))
+        if self.meter is not None:
+            self.meter.add(**deltas)
 
     async def aclose(self) -> None:
         """Close this loop's HTTP client (clients of other, finished loops are simply dropped)."""
@@ -342,6 +349,8 @@ class LLMGateway:
             state = self._states.pop(asyncio.get_running_loop(), None)
         if state is not None:
             await state.closer.aclose()  # runs its finally: closes the client
+        if self.meter is not None:
+            await asyncio.to_thread(self.meter.publish)  # the final counts, for the budget and the CLI
 
     async def __aenter__(self) -> "LLMGateway":
         return self
@@ -513,8 +522,6 @@ class LLMGateway:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self._count(prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"])
-        if self.budget is not None:
-            self.budget.charge(entry["prompt_tokens"], entry["completion_tokens"])
         if text is None:
             self._count(failures=1)
             return ChatResult(
