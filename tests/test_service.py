@@ -254,6 +254,15 @@ def test_a_build_on_a_dask_cluster_equals_a_local_build(prefect_server, server, 
 
     assert hub_rows(tmp_path / "local") == hub_rows(tmp_path / "dask")
 
+    # The workers published their calls to the invocation's meter (what budgets and the CLI's
+    # progress read): every Text-to-Persona call of the Dask run, one per document.
+    dask_store = Store(str(tmp_path / "dask"))
+    meter = f"runs/{distributed['run_id']}/meter"
+    invocations = dask_store.subdirs(meter)
+    assert len(invocations) == 1
+    published = [dask_store.read_json(f) for f in dask_store.list(f"{meter}/{invocations[0]}")]
+    assert sum(p["calls"] for p in published) == 8 and sum(p["cache_hits"] for p in published) == 0
+
 
 def test_a_failed_deployment_run_retried_with_prefect_resumes(prefect_server, server, tmp_path: Path) -> None:
     """A synthesis stopped by its budget (FAILED), then `prefect flow-run retry` (the UI's Retry):
