@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -165,8 +166,6 @@ def cached_chat_keys(store_dir: Path) -> set[str]:
 def test_killed_build_resumes_without_redoing_finished_shards(server, tmp_path):
     """SIGKILL the CLI mid-way through Text-to-Persona; the rerun keeps every finished shard and
     asks again for no answer the killed run received: only the calls never answered are made."""
-    import threading
-
     gate = threading.Event()  # once set, requests are held (asked, never answered before the kill)
     answered: list[str] = []
     held: list[str] = []
